@@ -1,0 +1,101 @@
+"""``unetflow``: one command per flow. Every command validates ``params.yaml`` (with ``--set``
+overrides) before any work starts, so a typo is refused in a second, not after an hour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import flows  # noqa: F401  (telemetry off before Prefect is imported)
+from tasks.config import ConfigError, load_params
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read (relative to --root).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a key, e.g. train.epochs=3.")]
+RootOpt = Annotated[Path, typer.Option("--root", help="Project folder (where data/ and outputs/ live).")]
+
+
+def _checked(root: Path, params: Path, overrides: list[str] | None) -> dict[str, Any]:
+    root = root.resolve()
+    path = params if params.is_absolute() else root / params
+    try:
+        load_params(path, overrides or [])
+    except ConfigError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    return {"root": str(root), "params_file": str(path), "overrides": overrides or []}
+
+
+def _show(result: dict) -> None:
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def demo(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None,
+         n_train: int = 24, n_test: int = 4) -> None:
+    """Write the embedded demo data, retrain, segment held-out images, print the test Dice."""
+    from flows.demo import demo_flow
+
+    demo_flow(**_checked(root, params, set), n_train=n_train, n_test=n_test)
+
+
+@app.command()
+def ingest(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None,
+           strict: Annotated[bool, typer.Option(help="Fail when any case is rejected.")] = False) -> None:
+    """Validate the raw inbox and write the canonical dataset."""
+    from flows.ingest import ingest_flow
+
+    _show(ingest_flow(**_checked(root, params, set), strict=strict))
+
+
+@app.command()
+def preprocess(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+    """Plan from the data; normalise cases; compute (cached) weight maps."""
+    from flows.preprocess import preprocess_flow
+
+    _show(preprocess_flow(**_checked(root, params, set)))
+
+
+@app.command()
+def train(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None,
+          resume: Annotated[bool, typer.Option(help="Continue the last checkpoint's run.")] = False) -> None:
+    """Train the configured network; log and register it in MLflow."""
+    from flows.train import train_flow
+
+    _show(train_flow(**_checked(root, params, set), resume=resume))
+
+
+@app.command()
+def evaluate(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+    """Test-set metrics of the trained model."""
+    from flows.evaluate import evaluate_flow
+
+    _show(evaluate_flow(**_checked(root, params, set)))
+
+
+@app.command()
+def infer(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None,
+          model: Annotated[str | None, typer.Option(help="models:/NAME@alias, runs:/ID/model or a .pt file.")]
+          = None,
+          input: Annotated[str | None, typer.Option("--input", "-i", help="Folder of studies.")] = None,
+          output: Annotated[str | None, typer.Option("--output", "-o", help="Folder for masks.")] = None) -> None:
+    """Segment a folder of new studies."""
+    from flows.infer import infer_flow
+
+    _show(infer_flow(**_checked(root, params, set), model=model, input=input, output=output))
+
+
+@app.command()
+def retrain(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+    """ingest → preprocess → train → evaluate → promote the model if it beats the champion."""
+    from flows.retrain import retrain_flow
+
+    _show(retrain_flow(**_checked(root, params, set)))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,30 @@
+"""U-Net-family segmentation networks for 2D and 3D (MONAI layer factories, one code path per architecture).
+
+Entry point::
+
+    from monai_ext.networks import build_network
+    net = build_network("unet", 2, 1, 2, features=(16, 32, 64, 128), norm="batch")
+
+Registered names: ``unet`` (Ronneberger 2015), ``unetpp`` (UNet++, Zhou 2018, with pruned inference),
+``unet3p`` (UNet 3+, Huang 2020, full-scale skips + CGM), ``res_unet``, ``mobile_unet``, ``eff_unet``.
+Common options: ``features``, ``norm``, ``act``, ``dropout``, ``deep_supervision``, ``cgm`` (+ ``cgm_gate``,
+``cgm_threshold``, ``cgm_dropout``), ``aux_resolution``; see each class for its own.
+
+What ``forward`` returns (eval: one logits tensor; training with deep supervision/CGM: a
+:class:`NetworkOutput`) is defined once in :mod:`monai_ext.networks.outputs`.
+"""
+
+from .outputs import NetworkOutput, main_logits
+from .registry import NETWORKS, available_networks, build_network, network_options
+from .unet import valid_unet_input_size, valid_unet_output_size
+
+__all__ = [
+    "NETWORKS",
+    "NetworkOutput",
+    "available_networks",
+    "build_network",
+    "main_logits",
+    "network_options",
+    "valid_unet_input_size",
+    "valid_unet_output_size",
+]

@@ -1,0 +1,170 @@
+"""Behaviour common to every architecture: input-size handling, CGM, deep supervision, output packing.
+
+Subclasses only implement :meth:`SegmentationNetwork.forward_parts`; everything that must behave the same
+across variants (the output convention of :mod:`monai_ext.networks.outputs`, padding of awkward input
+sizes, CGM gating) lives here once.
+
+Input sizes (same-padding networks): a U-Net with ``depth`` levels halves the resolution ``depth - 1``
+times, so sizes must be divisible by ``size_divisor`` (2**(depth-1), 32 for EfficientNet). We *handle*
+other sizes rather than refuse them: the input is zero-padded at the far end of each axis up to the next
+multiple, and every output is cropped back. This keeps ``sliding_window_inference`` with arbitrary ROI
+sizes working. The padded border does influence predictions near it, so for best results pick ROI sizes
+that are multiples of ``size_divisor``. The paper-form ``unet`` with ``padding="valid"`` cannot be padded
+meaningfully and instead refuses sizes that do not fit
+(see :func:`monai_ext.networks.unet.valid_unet_output_size`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import CGMHead, resize_to
+from .outputs import NetworkOutput
+
+#: options every registered network accepts (beside the architecture's own); see :func:`build_network`.
+COMMON_OPTIONS = ("deep_supervision", "cgm", "cgm_dropout", "cgm_gate", "cgm_threshold", "aux_resolution")
+
+
+class SegmentationNetwork(nn.Module):
+    """Base class: returns logits (eval) or :class:`NetworkOutput` (training with DS/CGM).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels / out_channels: image channels / number of logit channels.
+        deep_supervision: return auxiliary heads in training.
+        cgm: add the classification-guided module on the deepest features.
+        cgm_dropout: dropout before the CGM 1x1 conv (0.5 in UNet 3+).
+        cgm_gate: in eval, suppress foreground of images the CGM classifies as empty. Off by default: the
+            pipeline post-filters, and a gate trained on few empty images can delete true lesions.
+        cgm_threshold: probability of "foreground present" below which an image is gated.
+        aux_resolution: ``"native"`` (heads at their stage's resolution) or ``"full"`` (upsampled to input).
+    """
+
+    #: resolution factor the input must be divisible by; subclasses set it.
+    size_divisor: int = 1
+    #: whether awkward sizes are padded (True) or refused (False, e.g. valid-padding U-Net).
+    pads_input: bool = True
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        deep_supervision: bool = False,
+        cgm: bool = False,
+        cgm_dropout: float = 0.5,
+        cgm_gate: bool = False,
+        cgm_threshold: float = 0.5,
+        aux_resolution: str = "native",
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if aux_resolution not in ("native", "full"):
+            raise ValueError(f"aux_resolution must be 'native' or 'full', got {aux_resolution!r}")
+        if cgm_gate and not cgm:
+            raise ValueError("cgm_gate=True needs cgm=True")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.deep_supervision = deep_supervision
+        self.cgm_enabled = cgm
+        self.cgm_dropout = cgm_dropout
+        self.cgm_gate = cgm_gate
+        self.cgm_threshold = cgm_threshold
+        self.aux_resolution = aux_resolution
+        self.cgm_head: CGMHead | None = None
+
+    def _init_cgm(self, bottleneck_channels: int) -> None:
+        """Called by subclasses once they know the bottleneck width (the CGM sits on the deepest features)."""
+        if self.cgm_enabled:
+            self.cgm_head = CGMHead(self.spatial_dims, bottleneck_channels, self.cgm_dropout)
+
+    @property
+    def wants_aux(self) -> bool:
+        """Whether this forward pass needs deep-supervision heads (training only: heads cost time)."""
+        return self.training and self.deep_supervision
+
+    def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Return (main logits, aux logits high->low resolution, deepest features). Subclasses implement.
+
+        ``x`` is already padded to a multiple of :attr:`size_divisor`; aux logits may be empty when
+        :attr:`wants_aux` is False.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ input size handling
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse inputs that cannot work, with a message that says what would."""
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                f"expected a [B, C, *spatial] tensor with {self.spatial_dims} spatial dims, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]}")
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.size_divisor
+        pads: list[int] = []
+        for size in reversed(x.shape[2:]):  # F.pad wants the last axis first
+            pads += [0, (d - int(size) % d) % d]
+        if any(pads):
+            x = F.pad(x, pads)
+        return x
+
+    @staticmethod
+    def _crop(x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+        if tuple(x.shape[2:]) == tuple(spatial):
+            return x
+        return x[(slice(None), slice(None), *(slice(0, int(s)) for s in spatial))]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor | NetworkOutput:
+        """Apply the network; see :mod:`monai_ext.networks.outputs` for what comes back when."""
+        self.check_input(x)
+        spatial = [int(s) for s in x.shape[2:]]
+        padded = self._pad(x) if self.pads_input else x
+        logits, aux, deepest = self.forward_parts(padded)
+        if self.pads_input:
+            logits = self._crop(logits, spatial)
+
+        need_class = self.cgm_head is not None and (self.training or self.cgm_gate)
+        class_logits = self.cgm_head(deepest) if need_class and self.cgm_head is not None else None
+
+        if not self.training:
+            if self.cgm_gate and class_logits is not None:
+                logits = self._gate(logits, class_logits)
+            return logits
+        if not aux and class_logits is None:
+            return logits
+        full = padded.shape[2:] if self.pads_input else logits.shape[2:]
+        return NetworkOutput(logits, self._finish_aux(aux, spatial, full), class_logits)
+
+    def _finish_aux(
+        self, aux: list[torch.Tensor], spatial: Sequence[int], padded: Sequence[int]
+    ) -> list[torch.Tensor]:
+        out = []
+        if not self.pads_input:  # nothing was padded: only resizing may be needed
+            return [resize_to(a, padded) if self.aux_resolution == "full" else a for a in aux]
+        for a in aux:
+            if self.aux_resolution == "full":
+                out.append(self._crop(resize_to(a, padded), spatial))
+            else:  # crop the padded border at the head's own scale
+                scales = [int(p) // int(s) for p, s in zip(padded, a.shape[2:], strict=True)]
+                out.append(self._crop(a, [math.ceil(s / k) for s, k in zip(spatial, scales, strict=True)]))
+        return out
+
+    def _gate(self, logits: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
+        """Suppress foreground logits of images whose CGM says 'no foreground' (eval, opt-in)."""
+        present = torch.sigmoid(class_logits[:, 1]) >= self.cgm_threshold
+        present = present.view(-1, *([1] * (logits.dim() - 1)))
+        low = torch.full_like(logits, -1e4)
+        if logits.shape[1] > 1:  # keep the background channel so softmax picks it
+            low = torch.cat([logits[:, :1], low[:, 1:]], dim=1)
+        return torch.where(present, logits, low)

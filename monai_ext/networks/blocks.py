@@ -1,0 +1,391 @@
+"""Small building blocks shared by every architecture in this package.
+
+Everything takes ``spatial_dims`` and builds its layers through MONAI's factories
+(``Conv``, ``Pool``, ``Dropout``, ``get_norm_layer``, ``get_act_layer``), so a single code path serves
+2D and 3D. Architectures are assembled from these pieces instead of unrolling layers by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers.factories import Conv, Dropout, Pool
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from torch import nn
+
+NormSpec = str | tuple | None
+ActSpec = str | tuple | None
+
+#: a callable ``(in_channels, out_channels) -> nn.Module`` used by encoders/decoders to build a level.
+BlockFactory = Callable[[int, int], nn.Module]
+
+
+def _normalise_norm(norm: NormSpec) -> NormSpec:
+    """Accept ``None``/"none" as "no normalisation" so configs can spell it either way."""
+    if norm is None or (isinstance(norm, str) and norm.lower() == "none"):
+        return None
+    return norm
+
+
+def make_norm(norm: NormSpec, spatial_dims: int, channels: int) -> nn.Module | None:
+    """Build a normalisation layer from a MONAI norm spec ("batch", ("group", {...}), ...) or None."""
+    norm = _normalise_norm(norm)
+    if norm is None:
+        return None
+    return get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=channels)
+
+
+def make_act(act: ActSpec) -> nn.Module | None:
+    """Build an activation from a MONAI act spec; ``None`` means identity (used before residual sums)."""
+    if act is None:
+        return None
+    return get_act_layer(act)
+
+
+def interp_mode(spatial_dims: int) -> str:
+    """Linear interpolation mode name for the dimensionality (bilinear in 2D, trilinear in 3D)."""
+    return {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
+
+
+class ConvNormAct(nn.Sequential):
+    """conv -> [norm] -> [act] -> [dropout]: the unit every other block is made of."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        groups: int = 1,
+        norm: NormSpec = "batch",
+        act: ActSpec = "relu",
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = kernel_size // 2
+        conv_type = Conv[Conv.CONV, spatial_dims]
+        self.add_module(
+            "conv",
+            conv_type(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=padding,
+                groups=groups,
+                bias=bias,
+            ),
+        )
+        norm_layer = make_norm(norm, spatial_dims, out_channels)
+        if norm_layer is not None:
+            self.add_module("norm", norm_layer)
+        act_layer = make_act(act)
+        if act_layer is not None:
+            self.add_module("act", act_layer)
+        if dropout:
+            self.add_module("dropout", Dropout[Dropout.DROPOUT, spatial_dims](dropout))
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 ConvNormAct: the U-Net level block. ``padding="valid"`` gives the paper's unpadded convs."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        norm: NormSpec = "batch",
+        act: ActSpec = "relu",
+        dropout: float = 0.0,
+        bias: bool = True,
+        padding: str = "same",
+    ) -> None:
+        super().__init__()
+        pad = 1 if padding == "same" else 0
+        for i, cin in enumerate((in_channels, out_channels)):
+            self.add_module(
+                f"conv_{i}",
+                ConvNormAct(
+                    spatial_dims,
+                    cin,
+                    out_channels,
+                    3,
+                    padding=pad,
+                    norm=norm,
+                    act=act,
+                    dropout=dropout,
+                    bias=bias,
+                ),
+            )
+
+
+class ResidualBlock(nn.Module):
+    """Two ConvNormAct with an identity (or 1x1 projection) shortcut, as in MONAI's ResidualUnit.
+
+    The last activation is applied after the sum so the block is a standard post-activation residual unit.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        norm: NormSpec = "batch",
+        act: ActSpec = "relu",
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvNormAct(
+                spatial_dims, in_channels, out_channels, 3, norm=norm, act=act, dropout=dropout, bias=bias
+            ),
+            ConvNormAct(spatial_dims, out_channels, out_channels, 3, norm=norm, act=None, bias=bias),
+        )
+        conv_type = Conv[Conv.CONV, spatial_dims]
+        self.shortcut: nn.Module = (
+            nn.Identity()
+            if in_channels == out_channels
+            else conv_type(in_channels, out_channels, 1, bias=bias)
+        )
+        self.act = make_act(act) or nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand -> depthwise 3x3 (stride) -> 1x1 linear projection (+ residual).
+
+    Depthwise convs are grouped convs from the same ``Conv`` factory, so the block works in 3D too.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        expand_ratio: int = 6,
+        norm: NormSpec = "batch",
+        act: ActSpec = "relu6",
+    ) -> None:
+        super().__init__()
+        hidden = in_channels * expand_ratio
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvNormAct(spatial_dims, in_channels, hidden, 1, norm=norm, act=act, bias=False))
+        layers.append(
+            ConvNormAct(
+                spatial_dims, hidden, hidden, 3, stride=stride, groups=hidden, norm=norm, act=act, bias=False
+            )
+        )
+        layers.append(ConvNormAct(spatial_dims, hidden, out_channels, 1, norm=norm, act=None, bias=False))
+        self.body = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return x + out if self.use_residual else out
+
+
+class SeparableConv(nn.Sequential):
+    """Depthwise 3x3 + pointwise 1x1 (MobileNet decoder block): ~k^d times cheaper than a full conv."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        norm: NormSpec = "batch",
+        act: ActSpec = "relu6",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            ConvNormAct(
+                spatial_dims, in_channels, in_channels, 3, groups=in_channels, norm=norm, act=act, bias=False
+            ),
+            ConvNormAct(
+                spatial_dims, in_channels, out_channels, 1, norm=norm, act=act, dropout=dropout, bias=False
+            ),
+        )
+
+
+class UpSample(nn.Module):
+    """x2 upsampling: transposed conv (``"deconv"``, kernel ``kernel_size``) or interpolation + 1x1 conv.
+
+    ``kernel_size=2`` is the U-Net paper's 2x2 up-convolution; ``kernel_size=4`` (padding 1) is what the
+    UNet 3+ authors' reference code uses for its UNet/UNet++ baselines. Any kernel size gives exactly x2.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        mode: str = "deconv",
+        kernel_size: int = 2,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if mode not in ("deconv", "nontrainable"):
+            raise ValueError(f"upsample must be 'deconv' or 'nontrainable', got {mode!r}")
+        self.spatial_dims = spatial_dims
+        self.mode = mode
+        if mode == "deconv":
+            conv_t = Conv[Conv.CONVTRANS, spatial_dims]
+            self.conv = conv_t(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=2,
+                padding=(kernel_size - 1) // 2,
+                output_padding=kernel_size % 2,
+                bias=bias,
+            )
+        else:
+            self.conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "deconv":
+            return self.conv(x)
+        return self.conv(
+            F.interpolate(x, scale_factor=2.0, mode=interp_mode(self.spatial_dims), align_corners=False)
+        )
+
+
+def center_crop(x: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Crop the centre of ``x`` to ``spatial_shape`` (valid mode: skips are larger than the upsampled map)."""
+    slices: list[slice] = [slice(None), slice(None)]
+    for size, target in zip(x.shape[2:], spatial_shape, strict=True):
+        start = (int(size) - int(target)) // 2
+        slices.append(slice(start, start + int(target)))
+    return x[tuple(slices)]
+
+
+def resize_to(x: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Bi/trilinear resize to an explicit shape (shapes, not scale factors, so odd sizes can't drift)."""
+    if tuple(x.shape[2:]) == tuple(spatial_shape):
+        return x
+    return F.interpolate(x, size=list(spatial_shape), mode=interp_mode(x.dim() - 2), align_corners=False)
+
+
+class Encoder(nn.Module):
+    """Plain U-Net encoder: level 0 = block(in, f0); level i = max-pool 2 -> block(f_{i-1}, f_i).
+
+    Returns the feature map of every level (shallow -> deep); the last one is the bottleneck.
+    """
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, features: Sequence[int], block: BlockFactory
+    ) -> None:
+        super().__init__()
+        self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2)
+        chans = [in_channels, *features]
+        self.levels = nn.ModuleList(block(chans[i], chans[i + 1]) for i in range(len(features)))
+        self.out_channels = tuple(features)
+
+    def forward(self, x: torch.Tensor, num_levels: int | None = None) -> list[torch.Tensor]:
+        """Run the first ``num_levels`` levels (all by default; fewer for pruned UNet++ inference)."""
+        feats: list[torch.Tensor] = []
+        for i, level in enumerate(self.levels):
+            if num_levels is not None and i >= num_levels:
+                break
+            x = level(x if i == 0 else self.pool(x))
+            feats.append(x)
+        return feats
+
+
+class DecoderStage(nn.Module):
+    """Upsample the deeper map, fit it to the skip (crop the skip in valid mode), concatenate, convolve."""
+
+    def __init__(self, up: nn.Module, block: nn.Module, crop_skip: bool = False) -> None:
+        super().__init__()
+        self.up = up
+        self.block = block
+        self.crop_skip = crop_skip
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = self.up(x)
+        if skip is not None:
+            if self.crop_skip:
+                skip = center_crop(skip, x.shape[2:])
+            x = torch.cat([skip, x], dim=1)
+        return self.block(x)
+
+
+class Decoder(nn.Module):
+    """U-Net decoder: one :class:`DecoderStage` per level, deep -> shallow.
+
+    ``skip_channels[i]`` is the channel count of the skip at decoder stage i (0 = no skip, used by encoders
+    like EfficientNet without a full-resolution feature map). Returns the output of every stage, deep ->
+    shallow, so deep-supervision heads can tap them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: Sequence[int],
+        out_channels: Sequence[int],
+        up: Callable[[int, int], nn.Module],
+        block: BlockFactory,
+        crop_skip: bool = False,
+    ) -> None:
+        super().__init__()
+        stages = []
+        cin = in_channels
+        for skip, cout in zip(skip_channels, out_channels, strict=True):
+            stages.append(DecoderStage(up(cin, cout), block(skip + cout, cout), crop_skip))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        outs: list[torch.Tensor] = []
+        for stage, skip in zip(self.stages, skips, strict=True):
+            x = stage(x, skip)
+            outs.append(x)
+        return outs
+
+
+class SegHead(nn.Sequential):
+    """Logit head: a single conv to ``out_channels`` (1x1 by default; UNet 3+ uses 3x3)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 1) -> None:
+        super().__init__()
+        self.add_module(
+            "conv",
+            Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+        )
+
+
+class CGMHead(nn.Module):
+    """Classification-guided module (UNet 3+): dropout -> 1x1 conv to 2 -> global max pool -> [B, 2] logits.
+
+    Unlike the reference code, no sigmoid/argmax here: returning logits keeps the classifier trainable
+    with ``BCEWithLogitsLoss``; thresholding for gating happens in the network, in eval only.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](dropout)
+        self.conv = Conv[Conv.CONV, spatial_dims](in_channels, 2, 1)
+        self.pool = Pool[Pool.ADAPTIVEMAX, spatial_dims](1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.conv(self.dropout(x))), 1)
+
+
+def check_features(features: Sequence[int], min_levels: int = 2) -> tuple[int, ...]:
+    """Validate a widths-per-level tuple early, with a message that names the option."""
+    feats = tuple(int(f) for f in features)
+    if len(feats) < min_levels or any(f <= 0 for f in feats):
+        raise ValueError(
+            f"features must be >= {min_levels} positive widths (one per level), got {features!r}"
+        )
+    return feats

@@ -1,0 +1,119 @@
+"""UNet++ (Zhou et al., DLMIA 2018): nested, densely connected skips with deep supervision and pruning.
+
+Node X^{i,j} (level i, column j) = block(cat[X^{i,0}, ..., X^{i,j-1}, up(X^{i+1,j-1})]); column 0 is
+the encoder. Heads sit on X^{0,1}, ..., X^{0,depth-1} ("UNet++ L1 ... L{depth-1}").
+
+Pruning: X^{0,L} only depends on nodes with i + j <= L, so at inference the network can be cut down to
+the sub-network of head L (fewer encoder levels too), which is what makes UNet++ L1-L3 fast. Set
+``prune_level`` (option or :meth:`UNetPlusPlus.prune`); it applies in eval mode only (training always
+runs the full network so every head is trained) and its output equals the full network's L-th head
+(:meth:`UNetPlusPlus.forward_heads`). Heads other than the last exist only with ``deep_supervision=True``
+because an untrained head is useless to prune to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import SegmentationNetwork
+from .blocks import ActSpec, DoubleConv, Encoder, NormSpec, SegHead, UpSample, check_features
+
+__all__ = ["UNetPlusPlus"]
+
+
+class UNetPlusPlus(SegmentationNetwork):
+    """UNet++ with configurable depth/widths and pruned inference.
+
+    Args:
+        features: widths per level, shallow -> deep (paper: 32..512; UNet 3+ comparison: 64..1024).
+        norm / act / dropout / bias / upsample / up_kernel_size: as in :class:`~monai_ext.networks.unet.UNet`.
+        prune_level: 1 .. depth-1, or None for the full network (eval only; see module docstring).
+        **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: Sequence[int] = (32, 64, 128, 256, 512),
+        norm: NormSpec = "batch",
+        act: ActSpec = "relu",
+        dropout: float = 0.0,
+        bias: bool = True,
+        upsample: str = "deconv",
+        up_kernel_size: int = 2,
+        prune_level: int | None = None,
+        **common: Any,
+    ) -> None:
+        super().__init__(spatial_dims, in_channels, out_channels, **common)
+        feats = check_features(features)
+        self.features = feats
+        self.depth = len(feats)
+        self.size_divisor = 2 ** (self.depth - 1)
+        block = partial(DoubleConv, spatial_dims, norm=norm, act=act, dropout=dropout, bias=bias)
+        up = partial(UpSample, spatial_dims, mode=upsample, kernel_size=up_kernel_size, bias=bias)
+
+        self.encoder = Encoder(spatial_dims, in_channels, feats, block)
+        # nodes[i][j-1] is X^{i,j} (j >= 1), ups[i][j-1] upsamples X^{i+1,j-1} into it
+        self.nodes = nn.ModuleList()
+        self.ups = nn.ModuleList()
+        for i in range(self.depth - 1):
+            cols = self.depth - 1 - i
+            self.nodes.append(nn.ModuleList(block((j + 1) * feats[i], feats[i]) for j in range(1, cols + 1)))
+            self.ups.append(nn.ModuleList(up(feats[i + 1], feats[i]) for _ in range(cols)))
+        # heads[L-1] sits on X^{0,L}; only the last one without deep supervision
+        first_head = 1 if self.deep_supervision else self.depth - 1
+        self.heads = nn.ModuleDict(
+            {
+                str(level): SegHead(spatial_dims, feats[0], out_channels)
+                for level in range(first_head, self.depth)
+            }
+        )
+        self._init_cgm(feats[-1])
+        self.prune_level: int | None = None
+        self.prune(prune_level)
+
+    def prune(self, level: int | None) -> UNetPlusPlus:
+        """Select the inference sub-network (UNet++ L``level``); None restores the full network."""
+        if level is not None:
+            if not 1 <= level <= self.depth - 1:
+                raise ValueError(f"prune_level must be in 1..{self.depth - 1} or None, got {level}")
+            if str(level) not in self.heads:
+                raise ValueError(
+                    "pruning below the last level needs deep_supervision=True (heads L1..L{n-1})"
+                )
+            if self.cgm_gate and level != self.depth - 1:
+                raise ValueError("cgm_gate needs the bottleneck, which a pruned UNet++ does not compute")
+        self.prune_level = level
+        return self
+
+    def _nested(self, x: torch.Tensor, level: int) -> list[list[torch.Tensor]]:
+        """Compute all nodes X^{i,j} with i + j <= level; returns grid[i][j]."""
+        grid = [[f] for f in self.encoder(x, num_levels=level + 1)]
+        for j in range(1, level + 1):
+            for i in range(level + 1 - j):
+                up = self.ups[i][j - 1](grid[i + 1][j - 1])
+                grid[i].append(self.nodes[i][j - 1](torch.cat([*grid[i][:j], up], dim=1)))
+        return grid
+
+    def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        last = self.depth - 1
+        level = last if self.training or self.prune_level is None else self.prune_level
+        grid = self._nested(x, level)
+        aux: list[torch.Tensor] = []
+        if self.wants_aux:  # nearest-to-main first: X^{0,last-1}, ..., X^{0,1}
+            aux = [self.heads[str(j)](grid[0][j]) for j in range(last - 1, 0, -1)]
+        return self.heads[str(level)](grid[0][level]), aux, grid[level][0]
+
+    @torch.no_grad()
+    def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All available heads of the *full* network (L1 .. L{depth-1} order), for checks and ensembling."""
+        spatial = [int(s) for s in x.shape[2:]]
+        grid = self._nested(self._pad(x), self.depth - 1)
+        return [self._crop(self.heads[k](grid[0][int(k)]), spatial) for k in sorted(self.heads, key=int)]

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import ConfigError, Params, load_params, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, payload: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def test_repository_params_yaml_is_valid_and_complete():
+    params = load_params(REPO / "params.yaml")
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
+    # Every key of the schema is spelled out in the shipped file, so users see what they can set.
+    assert set(on_disk) == set(Params.model_fields)
+    for section, fields in on_disk.items():
+        assert set(fields) == set(type(getattr(params, section)).model_fields), section
+
+
+def test_missing_file_means_defaults(tmp_path):
+    assert load_params(tmp_path / "absent.yaml") == Params()
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        ({"train": {"epoch": 3}}, "unknown key 'train.epoch'"),
+        ({"trian": {"epochs": 3}}, "unknown key 'trian'"),
+        ({"train": {"epochs": -1}}, "'train.epochs'"),
+        ({"model": {"name": "unet4"}}, "unknown network 'unet4'"),
+        ({"model": {"options": {"depth_of_field": 3}}}, "depth_of_field"),
+        ({"train": {"loss": "magic"}}, "unknown loss 'magic'"),
+        ({"train": {"loss_options": {"gamma_ray": 2}}}, "gamma_ray"),
+        ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}}, "val_fraction"),
+        ({"preprocess": {"weight_maps": False}}, "weight_maps"),
+    ],
+)
+def test_bad_params_are_refused_naming_the_key(tmp_path, payload, named):
+    with pytest.raises(ConfigError) as error:
+        load_params(write(tmp_path, payload))
+    assert named in str(error.value)
+
+
+def test_overrides_pass_through_validation(tmp_path):
+    path = write(tmp_path, {"train": {"epochs": 5}})
+    assert load_params(path, ["train.epochs=3"]).train.epochs == 3
+    assert load_params(path, ["model.features=[8, 16, 32]"]).model.features == (8, 16, 32)
+    with pytest.raises(ConfigError, match="unknown key 'train.epochz'"):
+        load_params(path, ["train.epochz=3"])
+    with pytest.raises(ConfigError, match="'train.epochs'"):
+        load_params(path, ["train.epochs=-2"])
+
+
+def test_override_syntax():
+    assert parse_override("a.b=1.5") == (["a", "b"], 1.5)
+    with pytest.raises(ConfigError):
+        parse_override("no-equals-sign")
+
+
+def test_flat_params_are_dotted():
+    flat = Params().flat()
+    assert flat["train.epochs"] == Params().train.epochs
+    assert "tracking.model_name" in flat
