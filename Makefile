@@ -9,6 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
+export PYTHONUTF8 := 1
 
 # pip here warns once per package about find-links folders it cannot use; keep the log readable.
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
@@ -16,7 +17,7 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || 
 # Elsewhere without a GPU, point it at PyTorch's CPU index: make setup TORCH_CPU_INDEX="--index-url URL".
 TORCH_CPU_INDEX ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean mlflow-ui
 
 setup: $(STAMP)
 
@@ -40,6 +41,12 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# The MLflow UI over this project's store (runs of every variant side by side).
+MLFLOW_PORT ?= 5000
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db \
+	  --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 clean:
 	rm -rf outputs mlruns.db mlartifacts data

@@ -2,7 +2,9 @@
 
 Sections are registered in ``SECTIONS`` (name -> function(quick) -> JSON-able result); the
 ``weight_maps`` section compares the truncated U-Net weight map with the naive per-object EDT in the
-same run. Run ``python benchmarks/weight_maps.py [--quick] [--section NAME ...]``.
+same run; the ``loader`` section measures the training loader's samples/s with the deterministic part
+cached in memory (``CacheDataset``) against re-reading every case's ``npz`` per item.
+Run ``python benchmarks/weight_maps.py [--quick] [--section NAME ...]``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,8 +89,73 @@ def bench_weight_maps(quick: bool) -> dict[str, Any]:
     }
 
 
+def _write_cases(folder: Path, shape: tuple[int, ...], n_cases: int) -> list[str]:
+    """Preprocessed cases as the preprocess stage writes them: ``cases/<id>.npz`` (image, label, weight)."""
+    (folder / "cases").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = []
+    for index in range(n_cases):
+        labels = synthetic_instances(shape, n_objects=max(4, int(np.prod(shape)) // 2000), radius=6.0, seed=index)
+        image = rng.normal(size=(1, *shape)).astype(np.float32)
+        weight = unet_weight_map(labels, w0=W0, sigma=SIGMA)[None]
+        case_id = f"case_{index:03d}"
+        np.savez(folder / "cases" / f"{case_id}.npz", image=image, label=(labels > 0).astype(np.uint8)[None],
+                 weight=weight)
+        ids.append(case_id)
+    return ids
+
+
+def _samples_per_second(loader: Any, epochs: int) -> float:
+    samples, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            samples += int(batch["image"].shape[0])
+    return samples / (time.perf_counter() - start)
+
+
+def bench_loader(quick: bool) -> dict[str, Any]:
+    """Training-loader throughput (samples/s, after setup), cached vs npz re-read per item, 2D and 3D."""
+    import torch
+
+    from tasks.config import AugmentConfig
+    from tasks.data import case_records, training_loader
+
+    torch.set_num_threads(1)
+    if quick:
+        setups = [("2d", (256, 256), [128, 128], 16), ("3d", (64, 64, 48), [48, 48, 32], 6)]
+        variants = [("default", {}), ("paper_elastic", {"elastic": "paper"})]
+        workers, epochs = [0], 2
+    else:
+        setups = [("2d", (512, 512), [256, 256], 32), ("3d", (160, 160, 96), [96, 96, 64], 12)]
+        variants = [("default", {}), ("paper_elastic", {"elastic": "paper"}), ("monai_elastic", {"elastic": "monai"})]
+        workers, epochs = [0, 2], 3
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, shape, patch, n_cases in setups:
+            folder = Path(tmp) / name
+            ids = _write_cases(folder, shape, n_cases)
+            plan = {"spatial_dims": len(shape), "patch_size": patch, "weight_maps": True}
+            records = case_records(folder, ids)
+            for variant, options in variants:
+                for n_workers in workers:
+                    row: dict[str, Any] = {"case": name, "shape": "x".join(map(str, shape)),
+                                           "patch": "x".join(map(str, patch)), "augment": variant,
+                                           "workers": n_workers}
+                    for cache in ("memory", "none"):
+                        config = AugmentConfig(loader_cache=cache, loader_workers=n_workers, **options)
+                        start = time.perf_counter()
+                        loader = training_loader(records, plan, batch_size=2, augment=config)
+                        row[f"setup_s_{cache}"] = round(time.perf_counter() - start, 3)
+                        row[f"samples_per_s_{cache}"] = round(_samples_per_second(loader, epochs), 1)
+                    row["cache_speedup"] = round(row["samples_per_s_memory"] / row["samples_per_s_none"], 2)
+                    results.append(row)
+    return {"batch_size": 2, "epochs": epochs, "npz": "uncompressed (np.savez, as preprocess writes)",
+            "rows": results}
+
+
 SECTIONS: dict[str, Callable[[bool], Any]] = {
     "weight_maps": bench_weight_maps,
+    "loader": bench_loader,
 }
 
 

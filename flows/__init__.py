@@ -15,6 +15,7 @@ for _name, _value in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "unetflow",
     "GIT_PYTHON_REFRESH": "quiet",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     # The ephemeral server migrates a new database on its first start: 20 s is too short on 2 cores.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }.items():

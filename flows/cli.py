@@ -62,11 +62,13 @@ def preprocess(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"
 
 @app.command()
 def train(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None,
-          resume: Annotated[bool, typer.Option(help="Continue the last checkpoint's run.")] = False) -> None:
+          resume: Annotated[bool, typer.Option(help="Continue the last checkpoint's run.")] = False,
+          nproc: Annotated[int, typer.Option(help="DDP processes via torchrun (GPUs, or CPU cores with gloo).")]
+          = 1) -> None:
     """Train the configured network; log and register it in MLflow."""
     from flows.train import train_flow
 
-    _show(train_flow(**_checked(root, params, set), resume=resume))
+    _show(train_flow(**_checked(root, params, set), resume=resume, nproc=nproc))
 
 
 @app.command()
@@ -95,6 +97,22 @@ def retrain(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), 
     from flows.retrain import retrain_flow
 
     _show(retrain_flow(**_checked(root, params, set)))
+
+
+@app.command()
+def compare(variants: Annotated[str, typer.Option(help="Comma-separated networks, e.g. unet,unetpp,unet3p.")],
+            root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
+    """Bake-off: train each variant on the same split, budget and seed; print one comparison table."""
+    from flows.compare import compare_flow
+    from monai_ext.networks import available_networks
+
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in available_networks()]
+    if unknown or not names:
+        typer.secho(f"error: unknown variant(s) {unknown}; known: {', '.join(available_networks())}",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    _show(compare_flow(variants=names, **_checked(root, params, set)))
 
 
 if __name__ == "__main__":

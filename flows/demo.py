@@ -32,7 +32,7 @@ def run_dvc(root: Path, *args: str) -> str:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, encoding="utf-8", timeout=600)
     if done.returncode != 0:
         raise DvcError(f"dvc {' '.join(args)} failed ({done.returncode}): {done.stderr.strip() or done.stdout}")
     return done.stdout

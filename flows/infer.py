@@ -1,56 +1,94 @@
-"""infer: segment a folder of new studies with a registered model (or a run, or a checkpoint)."""
+"""infer: segment a folder of new studies with a registered model (or a run, or a checkpoint).
+
+The outer flow resolves the model once (failing fast on a bad URI), the inner flow maps one task per
+case on the chosen task runner: threads by default, or Dask (``infer.runner: dask``) — local worker
+processes or the cluster at ``infer.dask_address``. Dask workers get the weights as a checkpoint file
+they load once each, never a pickled network per task.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
+from pathlib import Path
 
-import torch
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import project
-from tasks.infer import discover_inputs, run_case, write_summary
-from tasks.inference import roi_size_for
-from tasks.model_package import load_model
+from tasks import infer as batch
+from tasks.config import InferConfig
+from tasks.infer import CaseOutcome, InferSettings
+from tasks.model_package import load_model, save_checkpoint
 from tasks.registry import CHAMPION_ALIAS
 from tasks.tracking import configure_tracking
 
 log = logging.getLogger("unetflow.infer")
-segment_task = task(run_case, name="segment-case", cache_policy=NO_CACHE)
+segment_task = task(batch.run_case, name="segment-case", cache_policy=NO_CACHE, persist_result=False)
 
 
 class BatchFailed(RuntimeError):
     """Every case of the batch failed."""
 
 
-@flow(name="infer", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def task_runner_for(config: InferConfig):  # noqa: ANN201 (a Prefect TaskRunner; dask is an optional extra)
+    if config.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=config.workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise RuntimeError("infer.runner: dask needs the dask extra (pip install 'unetflow[dask]')") from None
+    if config.dask_address:
+        return DaskTaskRunner(address=config.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+@flow(name="segment-cases", persist_result=False)
+def segment_cases_flow(input_dir: str, output_dir: str, model_ref: str, settings: InferSettings,
+                       salt: str) -> list[CaseOutcome]:
+    batch.remove_stale_temporaries(Path(output_dir))
+    cases, problems = batch.discover_cases(Path(input_dir), exclude=Path(output_dir), salt=salt)
+    futures = segment_task.map(case=cases, output_dir=unmapped(Path(output_dir)), settings=unmapped(settings),
+                               model=unmapped(model_ref))
+    outcomes = [future.result() for future in futures]
+    return sorted(outcomes + batch.problem_outcomes(problems), key=lambda o: o.case_id)
+
+
+@flow(name="infer", log_prints=True)
 def infer_flow(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None,
                model: str | None = None, input: str | None = None, output: str | None = None) -> dict:
     root_path, params = project(root, params_file, overrides)
     configure_tracking(params.tracking, root_path)
-    model_uri = model or params.infer.model_uri or f"models:/{params.tracking.model_name}@{CHAMPION_ALIAS}"
-    input_dir = root_path / (input or params.infer.input_dir)
-    output_dir = root_path / (output or params.infer.output_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = params.infer
+    model_uri = model or config.model_uri or f"models:/{params.tracking.model_name}@{CHAMPION_ALIAS}"
+    input_dir = root_path / (input or config.input_dir)
+    output_dir = root_path / (output or config.output_dir)
+    settings = InferSettings.from_config(config, params.data, input_root=input_dir)
+    device = settings.torch_device()
     network, plan = load_model(model_uri, map_location=device)
-    roi = roi_size_for(plan, params.infer.roi_size)
-    cases = discover_inputs(input_dir)
-    futures = segment_task.map(case_id=[c for c, _ in cases], path=[p for _, p in cases], model=unmapped(network),
-                               plan=unmapped(plan), output_dir=unmapped(output_dir), roi_size=unmapped(roi),
-                               overlap=unmapped(params.infer.overlap),
-                               sw_batch_size=unmapped(params.infer.sw_batch_size), device=unmapped(device))
-    outcomes = [future.result() for future in futures]
-    summary_path = write_summary(output_dir, outcomes)
-    failed = [o for o in outcomes if o.status == "failed"]
-    for outcome in failed:
-        log.error("failed %s: %s", outcome.case_id, outcome.error)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    print(f"infer: {counts['done']} segmented, {counts['skipped']} already done, {counts['failed']} failed "
-          f"→ {output_dir} (summary {summary_path.name})")
-    if outcomes and len(failed) == len(outcomes):
-        raise BatchFailed(f"all {len(failed)} cases failed; first: {failed[0].error}")
-    return {"model": model_uri, "output": str(output_dir), **counts,
-            "failed_cases": [{"case_id": o.case_id, "error": o.error} for o in failed]}
-
-
+    identity = batch.model_identity(network)
+    settings = InferSettings(**{**asdict(settings), "model_id": identity})
+    if config.runner == "threads":
+        batch.register_model(model_uri, device, network, plan)
+        model_ref = model_uri
+    else:  # worker processes load a checkpoint file (the output folder is where a cluster can see it)
+        model_ref = str(output_dir / ".model" / f"{identity}.pt")
+        if not Path(model_ref).exists():
+            save_checkpoint(Path(model_ref), {"model": network.state_dict(), "plan": plan})
+    outcomes = segment_cases_flow.with_options(task_runner=task_runner_for(config))(
+        input_dir=str(input_dir), output_dir=str(output_dir), model_ref=model_ref, settings=settings,
+        salt=params.data.dicom_id_salt)
+    summary_path = batch.write_summary(output_dir, outcomes)
+    counts = batch.count(outcomes)
+    for failed in counts.failed_cases:
+        log.error("failed %s: %s", failed["case_id"], failed["error"])
+    print(f"infer: {counts.done} segmented, {counts.skipped} already done, {counts.failed} failed, "
+          f"{counts.ignored} ignored → {output_dir} (summary {summary_path.name})")
+    cases = counts.done + counts.skipped + counts.failed
+    if cases and counts.failed == cases:
+        raise BatchFailed(f"all {counts.failed} cases failed; first: {counts.failed_cases[0]['error']}")
+    return {"model": model_uri, "model_id": identity, "output": str(output_dir), "done": counts.done,
+            "skipped": counts.skipped, "failed": counts.failed, "ignored": counts.ignored,
+            "failed_cases": counts.failed_cases, "summary": str(summary_path)}

@@ -1,4 +1,9 @@
-"""ingest: the raw inbox (``data/``) → a canonical, validated dataset with a manifest."""
+"""ingest: the raw inbox (``data/``) → a canonical, validated dataset with a manifest.
+
+Thin on purpose: discovery, per-case validation and the manifest are plain functions in
+``tasks/ingest.py``; the flow maps the per-case task over the cases (in parallel threads) and
+prints the summary table.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import project
-from tasks.ingest import discover_cases, ingest_case, write_manifest
+from tasks.ingest import IngestSettings, finish_ingest, ingest_case, plan_ingest, summary_table
 
 log = logging.getLogger("unetflow.ingest")
+# Case inputs are large and change under the same name: never cache, the index decides what to skip.
 ingest_case_task = task(ingest_case, name="ingest-case", cache_policy=NO_CACHE)
 
 
 class NothingAccepted(RuntimeError):
-    """No case passed validation: there is no dataset to train on."""
+    """No case passed validation (or, with ``--strict``, some case did not): no dataset to train on."""
 
 
 @flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
@@ -24,24 +30,20 @@ def ingest_flow(root: str = ".", params_file: str | None = "params.yaml", overri
                 strict: bool = False) -> dict:
     root_path, params = project(root, params_file, overrides)
     data = params.data
-    raw = root_path / data.raw_dir
     output = root_path / data.dataset_dir
-    sources, problems = discover_cases(raw / data.images_dir, raw / data.labels_dir)
-    futures = ingest_case_task.map(source=sources, output_dir=unmapped(output),
-                                   label_names=unmapped(data.label_names),
-                                   instance_labels=unmapped(data.instance_labels))
-    results = problems + [future.result() for future in futures]
-    manifest = write_manifest(output, results, data.label_names, data.instance_labels)
+    settings = IngestSettings.from_config(data)
+    plan = plan_ingest(root_path / data.raw_dir, output, data)
+    futures = ingest_case_task.map(source=plan.sources, output_dir=unmapped(output), settings=unmapped(settings),
+                                   previous=plan.previous)
+    manifest, results = finish_ingest(output, plan, [future.result() for future in futures], settings)
     rejected = [r for r in results if not r.accepted]
-    warnings = [w for r in results for w in r.warnings]
     for result in rejected:
         log.warning("rejected %s: %s", result.case_id, result.reason)
-    for warning in warnings:
-        log.warning("warning: %s", warning)
-    summary = {"accepted": manifest["num_cases"], "rejected": len(rejected), "warnings": len(warnings),
-               "written": sum(r.written for r in results), "dataset": str(output)}
-    print(f"ingest: {summary['accepted']} accepted, {summary['rejected']} rejected, "
-          f"{summary['warnings']} warnings, {summary['written']} (re)written → {output}")
+    print(summary_table(results, manifest, output))
+    summary = {"source": plan.kind, "accepted": manifest["num_cases"], "rejected": len(rejected),
+               "warnings": sum(len(r.warnings) for r in results if r.accepted),
+               "written": sum(r.written for r in results), "unchanged": sum(r.unchanged for r in results),
+               "dataset": str(output)}
     if manifest["num_cases"] == 0 or (strict and rejected):
         raise NothingAccepted(f"ingest: {len(rejected)} cases rejected, {manifest['num_cases']} accepted; "
                               f"see {output / 'rejected.json'}")

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import project
-from tasks.preprocess import intensity_statistics, load_case_arrays, make_plan, preprocess_case, write_plan
+from tasks.preprocess import (
+    case_intensity_sample,
+    intensity_statistics,
+    make_plan,
+    plan_split,
+    preprocess_case,
+    training_cases,
+    write_plan,
+)
 
+case_intensity_sample_task = task(case_intensity_sample, name="intensity-sample", cache_policy=NO_CACHE)
 preprocess_case_task = task(preprocess_case, name="preprocess-case", cache_policy=NO_CACHE)
 
 
@@ -21,18 +29,23 @@ def preprocess_flow(root: str = ".", params_file: str | None = "params.yaml",
     root_path, params = project(root, params_file, overrides)
     dataset = root_path / params.data.dataset_dir
     output = root_path / params.preprocess.output_dir
-    cache = root_path / "outputs" / "cache" / "weight_maps"
+    cache = root_path / params.preprocess.weight_map_cache
     manifest = json.loads((dataset / "dataset.json").read_text())
-    # Intensity statistics come from the training pool only, never from what will be tested.
-    arrays = [load_case_arrays(dataset, case)[:2] for case in manifest["cases"]]
-    stats = intensity_statistics([a[0] for a in arrays], [a[1] for a in arrays])
-    plan = make_plan(manifest, params.data, params.preprocess, params.model, params.train, stats)
+    # Intensity statistics come from the training cases only, never from what will be validated or tested.
+    split = plan_split(manifest, params.data)
+    samples = case_intensity_sample_task.map(dataset_dir=unmapped(dataset), case=training_cases(manifest, split),
+                                             max_samples=unmapped(params.preprocess.intensity_samples))
+    stats = intensity_statistics([future.result() for future in samples])
+    plan = make_plan(manifest, params.data, params.preprocess, params.model, params.train, stats, split)
+    # Every case (weight maps included, cached on disk by label hash + w0/σ) in parallel.
     futures = preprocess_case_task.map(dataset_dir=unmapped(dataset), case=manifest["cases"], plan=unmapped(plan),
                                        config=unmapped(params.preprocess), output_dir=unmapped(output),
                                        cache_dir=unmapped(cache))
     results = [future.result() for future in futures]
     write_plan(output, plan)
-    cached = int(np.sum([bool(r["weight_map_cached"]) for r in results]))
+    cached = sum(bool(r["weight_map_cached"]) for r in results)
+    computed = sum(r["weight_map_cached"] is False for r in results)
     print(f"preprocess: {len(results)} cases, plan {plan['spatial_dims']}D patch {plan['patch_size']}, "
-          f"weight maps {cached} cached / {len(results) - cached} computed → {output}")
-    return {"cases": len(results), "weight_maps_cached": cached, "plan": str(output / "plan.json")}
+          f"weight maps {cached} cached / {computed} computed → {output}")
+    return {"cases": len(results), "weight_maps_cached": cached, "weight_maps_computed": computed,
+            "plan": str(output / "plan.json")}

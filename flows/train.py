@@ -8,16 +8,22 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import project
+from tasks.distributed import launch
 from tasks.train import train_model
 
 train_task = task(train_model, name="train-model", cache_policy=NO_CACHE)
+train_distributed_task = task(launch, name="train-model-torchrun", cache_policy=NO_CACHE)
 
 
 @flow(name="train", log_prints=True)
 def train_flow(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None,
-               resume: bool = False) -> dict:
+               resume: bool = False, nproc: int = 1) -> dict:
+    """``nproc`` > 1 trains with DDP in that many ``torchrun`` processes (GPUs, or CPU cores with gloo)."""
     root_path, params = project(root, params_file, overrides)
-    result = train_task(params, root_path, resume)
-    print(f"train: run {result.run_id}, best val Dice {result.best_val_dice:.4f}, "
-          f"model version {result.registered_version} (alias candidate)")
-    return asdict(result)
+    if nproc > 1:
+        result = train_distributed_task(nproc, root_path, params_file, overrides or [], resume)
+    else:
+        result = {k: v for k, v in asdict(train_task(params, root_path, resume)).items() if k != "history"}
+    print(f"train: run {result['run_id']}, best val Dice {result['best_val_dice']:.4f}, "
+          f"model version {result['registered_version']} (alias candidate)")
+    return result

@@ -28,18 +28,40 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Where the raw inbox lies and how its cases are split."""
+    """Where the raw inbox lies, what kind of source it is, how cases are validated and split.
+
+    ``source`` picks the reader: an nnU-Net raw / MSD folder (``dataset.json``, ``imagesTr/``,
+    ``labelsTr/``), NIfTI ``pairs`` matched by ``image_pattern``/``label_pattern`` (``{case}`` is
+    the case ID; relative to ``raw_dir``), or ``dicom`` trees (series found by SeriesInstanceUID,
+    labels as NIfTI by ``label_pattern`` or as DICOM SEG). ``auto`` picks by what the inbox holds.
+    """
 
     raw_dir: str = "data"
+    source: Literal["auto", "nnunet", "pairs", "dicom"] = "auto"
     images_dir: str = "imagesTr"
     labels_dir: str = "labelsTr"
     test_images_dir: str = "imagesTs"
+    image_pattern: str = "images/{case}.nii.gz"
+    label_pattern: str = "labels/{case}.nii.gz"
+    dicom_case_id: Literal["hash", "folder"] = "hash"
+    dicom_id_salt: str = "unetflow"
     dataset_dir: str = "outputs/dataset"
+    modality: str = "auto"
     instance_labels: bool = True
     label_names: dict[str, int] = Field(default_factory=lambda: {"background": 0, "foreground": 1})
+    geometry_tolerance: float = Field(1e-4, gt=0.0)
+    slice_spacing_tolerance: float = Field(0.01, gt=0.0, lt=0.5)
+    max_voxels: int = Field(1_000_000_000, gt=0)
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     split_seed: int = 0
+
+    @field_validator("image_pattern", "label_pattern")
+    @classmethod
+    def _pattern_names_the_case(cls, pattern: str) -> str:
+        if pattern.count("{case}") != 1 or pattern.startswith("/") or ".." in pattern.split("/"):
+            raise ValueError("needs exactly one '{case}' and must stay inside raw_dir, e.g. 'labels/{case}.nii.gz'")
+        return pattern
 
     @model_validator(mode="after")
     def _fractions_leave_training_cases(self) -> DataConfig:
@@ -51,7 +73,14 @@ class DataConfig(_Section):
 
 
 class PreprocessConfig(_Section):
-    """U-Net weight maps (w_c + w0·exp(−(d1+d2)²/2σ²)) and intensity normalisation."""
+    """U-Net weight maps (w_c + w0·exp(−(d1+d2)²/2σ²)) and intensity normalisation.
+
+    ``normalization`` follows nnU-Net: ``auto`` picks, per channel, ``ct`` for CT (clip to the training
+    foreground's 0.5/99.5 percentiles, z-score with its mean/std) and ``zscore`` (per image) otherwise.
+    Weight maps are cached in ``weight_map_cache`` under the label hash + w0/σ/class weights, so only a
+    change of those recomputes them. ``intensity_samples`` caps the foreground voxels drawn per training
+    case for the statistics (nnU-Net: 10000), which keeps the pass over a large dataset cheap.
+    """
 
     output_dir: str = "outputs/preprocessed"
     weight_maps: bool = True
@@ -59,6 +88,8 @@ class PreprocessConfig(_Section):
     sigma: float = Field(5.0, gt=0.0)
     class_weights: Literal["balanced", "none"] = "balanced"
     normalization: Literal["auto", "zscore", "ct", "none"] = "auto"
+    weight_map_cache: str = "outputs/cache/weight_maps"
+    intensity_samples: int = Field(10000, gt=0)
 
 
 class ModelConfig(_Section):
@@ -94,6 +125,51 @@ class ModelConfig(_Section):
         return features
 
 
+class AugmentConfig(_Section):
+    """Training-time augmentation and the loader that runs it (``train.augment``).
+
+    Spatial transforms move image, label and weight map together (label by nearest neighbour, so it
+    keeps its values). ``elastic`` picks MONAI's ``Rand2DElasticd``/``Rand3DElasticd`` (by the plan's
+    spatial dims; ``elastic_sigma`` is the field's smoothness in voxels — the 3D Gaussian σ, twice it the
+    2D control-point spacing — and ``elastic_magnitude`` the displacement range in voxels), or the
+    U-Net paper's own (``paper``: a coarse ``grid``³ of Gaussian displacements with std ``sigma_px``).
+    ``loader_workers`` processes run the random part while the deterministic part stays cached
+    (``loader_cache``: ``memory`` = MONAI CacheDataset, ``none`` = re-read every item).
+    ``train.augment: false`` is still accepted and means ``enabled: false``.
+    """
+
+    enabled: bool = True
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    rotate90_prob: float = Field(0.5, ge=0.0, le=1.0)
+    affine_prob: float = Field(0.0, ge=0.0, le=1.0)
+    rotate_range: float = Field(0.26, ge=0.0, le=3.1416)
+    scale_range: float = Field(0.15, ge=0.0, lt=1.0)
+    intensity_scale_prob: float = Field(0.15, ge=0.0, le=1.0)
+    intensity_shift_prob: float = Field(0.15, ge=0.0, le=1.0)
+    noise_prob: float = Field(0.1, ge=0.0, le=1.0)
+    noise_std: float = Field(0.1, ge=0.0)
+    elastic: Literal["none", "monai", "paper"] = "none"
+    elastic_prob: float = Field(0.2, ge=0.0, le=1.0)
+    elastic_sigma: float = Field(10.0, gt=0.0)
+    elastic_magnitude: tuple[float, float] = (2.0, 5.0)
+    grid: int = Field(3, ge=2)
+    sigma_px: float = Field(10.0, ge=0.0)
+    loader_workers: int = Field(0, ge=0)
+    loader_cache: Literal["memory", "none"] = "memory"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bool_means_enabled(cls, data: Any) -> Any:
+        return {"enabled": data} if isinstance(data, bool) else data
+
+    @field_validator("elastic_magnitude")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] <= value[1]:
+            raise ValueError("elastic_magnitude must be [low, high] with 0 <= low <= high")
+        return value
+
+
 class TrainConfig(_Section):
     """How the trainer executes the plan."""
 
@@ -103,10 +179,18 @@ class TrainConfig(_Section):
     patch_size: tuple[int, ...] | None = None
     learning_rate: float = Field(1e-2, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    scheduler: Literal["poly", "cosine", "constant"] = "poly"
+    grad_clip: float = Field(12.0, ge=0.0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    overlay_every: int = Field(5, ge=0)
+    amp: bool = True
+    compile: bool = False
+    max_steps_per_epoch: int | None = Field(None, gt=0)
     loss: str = "wce"
     loss_options: dict[str, Any] = Field(default_factory=dict)
     val_every: int = Field(1, gt=0)
-    augment: bool = True
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0)
@@ -120,7 +204,18 @@ class TrainConfig(_Section):
 
 
 class InferConfig(_Section):
-    """Batch segmentation of new studies."""
+    """Batch segmentation of new studies (``unetflow infer``); preprocessing itself comes from the model's plan.
+
+    Windows: ``roi_size`` (null: the plan's patch size), ``overlap``, ``sw_batch_size`` windows per forward
+    pass, Gaussian blending; ``mirror_tta`` averages over every axis flip (2^dims passes, slower).
+    ``device`` runs the windows (``auto``: CUDA when present), ``amp`` uses mixed precision there, and
+    ``stitch_device`` holds the blended volume: ``auto`` keeps it on the GPU only when it fits easily.
+    CGM post-filtering (networks built with ``cgm: true``): foreground of an image/slice (2D) or of the
+    windows (3D) whose "foreground present" probability is below ``cgm_threshold`` is removed.
+    ``keep_largest_component`` keeps one connected component per class. ``dicom_seg`` also writes a
+    DICOM SEG for DICOM inputs. ``runner``: ``threads`` (``workers`` threads) or ``dask`` (``workers``
+    local processes, or the cluster at ``dask_address``; needs the ``dask`` extra).
+    """
 
     input_dir: str = "data/imagesTs"
     output_dir: str = "outputs/predictions"
@@ -128,6 +223,17 @@ class InferConfig(_Section):
     roi_size: tuple[int, ...] | None = None
     overlap: float = Field(0.25, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(4, gt=0)
+    mirror_tta: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    stitch_device: Literal["auto", "cpu", "device"] = "auto"
+    cgm_filter: bool = True
+    cgm_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    keep_largest_component: bool = False
+    dicom_seg: bool = True
+    runner: Literal["threads", "dask"] = "threads"
+    workers: int = Field(2, gt=0)
+    dask_address: str | None = None
 
 
 class TrackingConfig(_Section):
@@ -137,6 +243,7 @@ class TrackingConfig(_Section):
     artifact_root: str | None = None
     experiment: str = "unetflow"
     model_name: str = "unetflow-segmenter"
+    system_metrics: bool = True
 
 
 class Params(_Section):
@@ -214,7 +321,7 @@ def load_params(path: str | Path | None = "params.yaml", overrides: Iterable[str
     raw: dict[str, Any] = {}
     if path is not None and Path(path).exists():
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):

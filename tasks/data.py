@@ -1,28 +1,54 @@
-"""Training and validation data from the preprocessed cases, with MONAI transforms.
+"""Training and validation data from the preprocessed cases, with MONAI transforms built from params.
 
-The deterministic part (normalised image, label, weight map) was done once by the preprocess stage
-and is held in memory here (MONAI ``CacheDataset`` semantics); only the random part — patch
-sampling, flips, rotations — runs per step.
+The deterministic part (reading ``cases/<id>.npz`` — normalised image, label, weight map — and
+padding it to the patch) is done once per case and held in memory (MONAI ``CacheDataset``, the
+``train.augment.loader_cache: memory`` default); only the random part — foreground-biased patch
+sampling, flips, rotations, scaling, elastic deformation, intensity jitter — runs per step, in
+``train.augment.loader_workers`` worker processes so a GPU is not left waiting on the CPU.
+
+Every spatial transform moves image, label and weight map with ONE random draw: image and weight
+map are interpolated (bilinear), the label by nearest neighbour so it keeps its values. The same
+code builds the 2D and the 3D pipeline; only MONAI's elastic class differs by spatial dims.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from monai.data import DataLoader, Dataset
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import (
+    CenterSpatialCropd,
     Compose,
     EnsureTyped,
+    MapTransform,
+    Rand2DElasticd,
+    Rand3DElasticd,
+    RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
     RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
     SpatialPadd,
 )
 
+from monai_ext.transforms import RandUNetElasticd
+from tasks.config import AugmentConfig
+
+# How each key is resampled by spatial transforms: the label must stay in its label set.
+INTERPOLATION = {"image": "bilinear", "label": "nearest", "weight": "bilinear"}
+# Largest extra context (per side, as a fraction of the patch) cropped around a patch for deformation.
+MAX_MARGIN_FRACTION = 0.25
+
 
 def load_cases(preprocessed_dir: Path, case_ids: list[str]) -> list[dict[str, np.ndarray]]:
+    """The preprocessed arrays of these cases, in memory (the trainer validates on whole images)."""
     items = []
     for case_id in case_ids:
         with np.load(preprocessed_dir / "cases" / f"{case_id}.npz") as arrays:
@@ -32,27 +58,178 @@ def load_cases(preprocessed_dir: Path, case_ids: list[str]) -> list[dict[str, np
     return items
 
 
-def training_transforms(plan: dict[str, Any], augment: bool) -> Compose:
-    keys = ["image", "label", "weight"] if plan.get("weight_maps") else ["image", "label"]
-    patch = plan["patch_size"]
+def case_records(preprocessed_dir: Path, case_ids: list[str]) -> list[dict[str, Any]]:
+    """``{"case_id", "npz"}`` records: what a loader reads lazily (``LoadPreprocessedd``) instead of arrays."""
+    return [{"case_id": case_id, "npz": str(preprocessed_dir / "cases" / f"{case_id}.npz")} for case_id in case_ids]
+
+
+class LoadPreprocessedd(MapTransform):
+    """Read ``keys`` from the record's ``npz`` file; a record that already holds the arrays passes through.
+
+    Deterministic, so ``CacheDataset`` runs it once per case; without the cache every item re-reads
+    (and decompresses) its file, which is what the loader benchmark compares against.
+    """
+
+    def __init__(self, keys: Sequence[str], path_key: str = "npz") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.path_key = path_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        missing = [key for key in self.keys if key not in d]
+        if missing and self.path_key in d:
+            with np.load(d[self.path_key]) as arrays:
+                for key in missing:
+                    d[key] = arrays[key]
+        return d
+
+
+def data_keys(plan: dict[str, Any]) -> list[str]:
+    """The arrays a sample carries: the weight map only when the plan made one."""
+    return ["image", "label", "weight"] if plan.get("weight_maps") else ["image", "label"]
+
+
+def _as_config(augment: AugmentConfig | bool | None) -> AugmentConfig:
+    if isinstance(augment, AugmentConfig):
+        return augment
+    return AugmentConfig(enabled=True if augment is None else bool(augment))
+
+
+def _deformation_margin(config: AugmentConfig, patch: Sequence[int]) -> list[int]:
+    """Context voxels per side to crop beyond the patch, so rotations, scaling and elastic fields pull
+    real image content into the patch instead of padding (nnU-Net crops larger, deforms, then centres).
+    Capped at ``MAX_MARGIN_FRACTION`` of the patch, which keeps the extra work bounded in 3D."""
+    if not config.enabled:
+        return [0] * len(patch)
+    reach = 0.0
+    if config.elastic == "paper" and config.elastic_prob > 0:
+        reach += 2.0 * config.sigma_px
+    if config.elastic == "monai" and config.elastic_prob > 0:
+        reach += 2.0 * config.elastic_magnitude[1]
+    margins = []
+    for size in patch:
+        extra = reach
+        if config.affine_prob > 0:
+            extra += 0.5 * size * (config.scale_range + math.sin(config.rotate_range))
+        margins.append(int(min(math.ceil(extra), MAX_MARGIN_FRACTION * size)))
+    return margins
+
+
+def _smoothed_noise_std(sigma: float, dims: int) -> float:
+    """Std of uniform(−1, 1) noise after a unit-sum Gaussian of std ``sigma`` per axis (what MONAI's
+    ``Rand3DElastic`` builds): (1/√3)·(2√π·σ)^(−dims/2). Dividing by it makes ``elastic_magnitude``
+    a displacement in voxels, the same meaning it has for the 2D control-point field."""
+    return (1.0 / math.sqrt(3.0)) * (2.0 * math.sqrt(math.pi) * sigma) ** (-dims / 2.0)
+
+
+def elastic_transform(plan: dict[str, Any], config: AugmentConfig, keys: list[str]) -> MapTransform | None:
+    """One elastic transform over all ``keys`` (one field), or None when ``elastic: none``.
+
+    ``monai``: ``Rand2DElasticd`` (Gaussian offsets on control points ``2·elastic_sigma`` apart,
+    bicubic-upsampled) or ``Rand3DElasticd`` (dense noise smoothed by a Gaussian of σ = ``elastic_sigma``),
+    chosen by the plan's spatial dims. ``paper``: the U-Net paper's coarse grid (``RandUNetElasticd``).
+    """
+    modes = [INTERPOLATION[key] for key in keys]
+    if config.elastic == "none" or config.elastic_prob == 0:
+        return None
+    if config.elastic == "paper":
+        return RandUNetElasticd(keys, prob=config.elastic_prob, grid=config.grid, sigma_px=config.sigma_px,
+                                mode=modes, padding_mode="reflect")
     dims = plan["spatial_dims"]
+    low, high = config.elastic_magnitude
+    common: dict[str, Any] = {"keys": keys, "prob": config.elastic_prob, "mode": modes, "padding_mode": "reflection"}
+    if dims == 2:
+        return Rand2DElasticd(spacing=2.0 * config.elastic_sigma, magnitude_range=(low, high), **common)
+    scale = 1.0 / _smoothed_noise_std(config.elastic_sigma, dims)
+    return Rand3DElasticd(sigma_range=(config.elastic_sigma, config.elastic_sigma),
+                          magnitude_range=(low * scale, high * scale), **common)
+
+
+def _rotate90_axes(patch: Sequence[int]) -> tuple[int, int] | None:
+    """A pair of spatial axes whose patch sizes are equal: rotating any other pair changes the shape."""
+    for first in range(len(patch)):
+        for second in range(first + 1, len(patch)):
+            if patch[first] == patch[second]:
+                return first, second
+    return None
+
+
+def augmentation_transforms(plan: dict[str, Any], config: AugmentConfig, keys: list[str]) -> list[Any]:
+    """The random spatial and intensity transforms (applied after the patch is cropped)."""
+    if not config.enabled:
+        return []
+    dims = plan["spatial_dims"]
+    patch = list(plan["patch_size"])
+    modes = [INTERPOLATION[key] for key in keys]
+    steps: list[Any] = []
+    if config.affine_prob > 0:
+        steps.append(RandAffined(keys, prob=config.affine_prob, rotate_range=[config.rotate_range] * (1 if dims == 2
+                                                                                                   else 3),
+                                 scale_range=[config.scale_range] * dims, mode=modes, padding_mode="reflection"))
+    elastic = elastic_transform(plan, config, keys)
+    if elastic is not None:
+        steps.append(elastic)
+    if any(_deformation_margin(config, patch)):
+        steps.append(CenterSpatialCropd(keys, roi_size=patch))
+    if config.flip_prob > 0:
+        steps += [RandFlipd(keys, prob=config.flip_prob, spatial_axis=axis) for axis in range(dims)]
+    axes = _rotate90_axes(patch)
+    if config.rotate90_prob > 0 and axes is not None:
+        steps.append(RandRotate90d(keys, prob=config.rotate90_prob, spatial_axes=axes))
+    if config.intensity_scale_prob > 0:
+        steps.append(RandScaleIntensityd("image", factors=0.1, prob=config.intensity_scale_prob))
+    if config.intensity_shift_prob > 0:
+        steps.append(RandShiftIntensityd("image", offsets=0.1, prob=config.intensity_shift_prob))
+    if config.noise_prob > 0 and config.noise_std > 0:
+        steps.append(RandGaussianNoised("image", prob=config.noise_prob, std=config.noise_std))
+    return steps
+
+
+def training_transforms(plan: dict[str, Any], augment: AugmentConfig | bool = True) -> Compose:
+    """Load → pad (deterministic, cacheable) → foreground-biased crop → augmentation → tensors."""
+    config = _as_config(augment)
+    keys = data_keys(plan)
+    patch = list(plan["patch_size"])
+    crop = [size + 2 * margin for size, margin in zip(patch, _deformation_margin(config, patch), strict=True)]
     steps: list[Any] = [
-        SpatialPadd(keys, spatial_size=patch),
+        LoadPreprocessedd(keys),
+        SpatialPadd(keys, spatial_size=crop),
+        EnsureTyped(keys, track_meta=False),
         # Half the patches centred on foreground, as nnU-Net does, so small objects are seen.
-        RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch, pos=1, neg=1, num_samples=1,
+        RandCropByPosNegLabeld(keys, label_key="label", spatial_size=crop, pos=1, neg=1, num_samples=1,
                                allow_smaller=False),
+        *augmentation_transforms(plan, config, keys),
+        EnsureTyped(keys, track_meta=False),
     ]
-    if augment:
-        steps += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(dims)]
-        steps.append(RandRotate90d(keys, prob=0.5, spatial_axes=(0, 1)))
-    steps.append(EnsureTyped(keys, track_meta=False))
     return Compose(steps)
 
 
-def training_loader(items: list[dict], plan: dict[str, Any], batch_size: int, augment: bool,
-                    num_workers: int = 0) -> DataLoader:
-    keys = ["image", "label", "weight"] if plan.get("weight_maps") else ["image", "label"]
-    data = [{key: item[key] for key in keys} for item in items]
-    dataset = Dataset(data, transform=training_transforms(plan, augment))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                      drop_last=len(data) > batch_size, persistent_workers=num_workers > 0)
+def validation_transforms(plan: dict[str, Any]) -> Compose:
+    """No randomness: the whole preprocessed case as tensors (validation slides a window over it)."""
+    keys = data_keys(plan)
+    return Compose([LoadPreprocessedd(keys), EnsureTyped(keys, track_meta=False)])
+
+
+def training_dataset(items: list[dict[str, Any]], plan: dict[str, Any],
+                     augment: AugmentConfig | bool = True) -> Dataset:
+    """Items holding arrays (``load_cases``) or ``npz`` paths (``case_records``); with
+    ``loader_cache: memory`` the deterministic prefix of the transforms is computed once per case."""
+    config = _as_config(augment)
+    keys = data_keys(plan)
+    data = [{key: item[key] for key in (*keys, "npz") if key in item} for item in items]
+    transform = training_transforms(plan, config)
+    if config.loader_cache == "memory":
+        return CacheDataset(data, transform=transform, progress=False, num_workers=1)
+    return Dataset(data, transform=transform)
+
+
+def training_loader(items: list[dict], plan: dict[str, Any], batch_size: int,
+                    augment: AugmentConfig | bool = True, num_workers: int | None = None) -> DataLoader:
+    """Shuffled batches of augmented patches; ``num_workers`` (default ``augment.loader_workers``)
+    processes run the random transforms, MONAI seeds them from torch's RNG so runs repeat."""
+    config = _as_config(augment)
+    workers = config.loader_workers if num_workers is None else num_workers
+    dataset = training_dataset(items, plan, config)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                      drop_last=len(dataset) > batch_size, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available())

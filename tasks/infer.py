@@ -1,123 +1,366 @@
-"""Batch inference: segment every study in a folder, each on its own, resumable.
+"""Batch inference: segment every study in a folder, each on its own, resumable, on the input's own grid.
 
-Each case is independent: a corrupt or unsupported file is reported by name and skipped, outputs
-are written atomically, and a case whose mask already exists is skipped, so rerunning after a crash
-only does what is missing. Masks are written on the input's exact grid (shape, affine, header).
+A hospital runs this overnight on hundreds of studies, so:
+
+* cases are independent — :func:`run_case` never raises for a bad study; its outcome names the file
+  and the reason, and the batch goes on;
+* every output is written atomically, and the per-case report ``<case>.json`` is written *last*: it
+  marks the case done. A rerun skips a case whose report matches the same inputs, weights and
+  settings (and whose outputs exist), so after a crash only the missing cases run;
+* preprocessing is the model's plan (normalisation, channels, 2D/3D, patch size), never a constant
+  copied here; the mask is reordered back to the input's voxel grid (:mod:`tasks.infer_io`);
+* the CGM classifier, when the network has one, gates the segmentation (:mod:`tasks.postprocess`)
+  and the report says how much it removed.
+
+Per case: ``<case>.nii.gz`` (label map), ``<case>.seg.dcm`` (DICOM inputs) and ``<case>.json``
+(class volumes in ml, CGM probabilities, what the filters removed, timings); per batch
+``summary.csv`` and ``summary.json``. Plain functions; the Prefect flow only maps :func:`run_case`.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from torch import nn
 
-from tasks.atomic import atomic_path, write_json, write_text
-from tasks.inference import predict_labels
-from tasks.ingest import NIFTI_SUFFIXES, safe_case_id, strip_nifti_suffix
+from tasks.atomic import write_json, write_text
+from tasks.config import DataConfig, InferConfig
+from tasks.infer_inputs import InferCase, InputProblem, discover_cases
+from tasks.infer_io import LoadedStudy, load_study, shown_name, to_input_space, to_model_space, write_mask
+from tasks.inference import WindowSettings, has_cgm, predict_windows, roi_size_for
+from tasks.postprocess import FilterReport, gate_images, gate_voxels, keep_largest_component
 from tasks.preprocess import normalize, to_channel_first
+
+__all__ = ["CaseOutcome", "InferSettings", "cached_model", "discover_cases", "model_identity",
+           "remove_stale_temporaries", "run_batch", "run_case", "segment_case", "write_summary"]
+
+REPORT_VERSION = 1  # bump when an unchanged input would now give a different output
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    """Everything a case's output depends on besides its inputs and the weights (plain, picklable)."""
+
+    roi_size: tuple[int, ...] | None = None
+    overlap: float = 0.25
+    sw_batch_size: int = 4
+    mirror_tta: bool = False
+    device: str = "auto"
+    amp: bool = True
+    stitch_device: str = "auto"
+    cgm_filter: bool = True
+    cgm_threshold: float = 0.5
+    keep_largest_component: bool = False
+    dicom_seg: bool = True
+    tolerance: float = 1e-4
+    spacing_tolerance: float = 0.01
+    max_voxels: int = 1_000_000_000
+    model_id: str = ""
+    input_root: str = ""
+
+    @classmethod
+    def from_config(cls, infer: InferConfig, data: DataConfig, model_id: str = "",
+                    input_root: str | Path = "") -> InferSettings:
+        return cls(roi_size=infer.roi_size, overlap=infer.overlap, sw_batch_size=infer.sw_batch_size,
+                   mirror_tta=infer.mirror_tta, device=infer.device, amp=infer.amp, stitch_device=infer.stitch_device,
+                   cgm_filter=infer.cgm_filter, cgm_threshold=infer.cgm_threshold,
+                   keep_largest_component=infer.keep_largest_component, dicom_seg=infer.dicom_seg,
+                   tolerance=data.geometry_tolerance, spacing_tolerance=data.slice_spacing_tolerance,
+                   max_voxels=data.max_voxels, model_id=model_id, input_root=str(input_root))
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def key(self, case: InferCase) -> str:
+        """What decides whether an existing report is still this run's result (device/runner excluded)."""
+        files = []
+        for path in case.files:
+            stat = path.stat()
+            files.append([path.name, stat.st_size, stat.st_mtime_ns])
+        relevant = {k: v for k, v in asdict(self).items() if k not in ("device", "stitch_device", "input_root")}
+        payload = json.dumps({"version": REPORT_VERSION, "settings": relevant, "files": files}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
 @dataclass
 class CaseOutcome:
+    """One summary row. ``status``: done, skipped (done by an earlier run), failed, ignored (not an image)."""
+
     case_id: str
-    status: str  # "done", "skipped" (already done), "failed"
-    output: str = ""
+    status: str
+    source: str = ""
+    mask: str = ""
+    seg: str = ""
     error: str = ""
     seconds: float = 0.0
     foreground_voxels: int = 0
+    volumes_ml: str = ""
+    cgm_removed_voxels: int = 0
+    cgm_removed_slices: int = 0
+    lcc_removed_voxels: int = 0
 
 
-def discover_inputs(input_dir: Path) -> list[tuple[str, Path]]:
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    found = []
-    for path in sorted(input_dir.iterdir()):
-        stem = strip_nifti_suffix(path.name)
-        if stem is None or path.name.startswith("."):
-            continue
-        case = stem[:-5] if stem.endswith("_0000") else stem
-        found.append((safe_case_id(case) or "", path))
-    return found
+# ---------------------------------------------------------------------------------------------- the model
+_MODELS: dict[tuple[str, str], tuple[nn.Module, dict]] = {}
+_MODELS_LOCK = threading.Lock()
 
 
-def _load_as_canonical(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
-    original = nib.load(str(path))
-    data = np.asanyarray(original.dataobj)
-    if data.ndim == 2:
-        data = data[:, :, None]
-    if data.ndim not in (3, 4):
-        raise ValueError(f"{path.name}: expected a 2D or 3D image, got shape {original.shape}")
-    image = nib.Nifti1Image(data, original.affine)
-    return original, np.asanyarray(nib.as_closest_canonical(image).dataobj)
+def cached_model(ref: str, device: torch.device) -> tuple[nn.Module, dict]:
+    """(model, plan) for ``ref`` once per process: threads share it, each Dask worker loads it once."""
+    key = (ref, str(device))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            from tasks.model_package import load_model
+
+            model, plan = load_model(ref, map_location=device)
+            _MODELS[key] = (model.to(device).eval(), plan)
+        return _MODELS[key]
 
 
-def segment_case(model: nn.Module, plan: dict, path: Path, output: Path, roi_size: tuple[int, ...],
-                 overlap: float, sw_batch_size: int, device: torch.device) -> int:
-    original, canonical = _load_as_canonical(path)
+def register_model(ref: str, device: torch.device, model: nn.Module, plan: dict) -> None:
+    """Seed the cache with a model already loaded (the flow's), so thread workers do not load it again."""
+    with _MODELS_LOCK:
+        _MODELS[(ref, str(device))] = (model.to(device).eval(), plan)
+
+
+def model_identity(model: nn.Module) -> str:
+    """sha256 of the weights: an alias (``@champion``) that moves to new weights makes old masks stale."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- one case
+def _plan_checks(canonical: np.ndarray, plan: dict, name: str) -> None:
     if not np.isfinite(canonical).all():
-        raise ValueError(f"{path.name}: image holds NaN or infinite voxels")
+        raise ValueError(f"{name}: image holds NaN or infinite voxels")
+    channels = canonical.shape[3] if canonical.ndim == 4 else 1
+    if channels != plan["in_channels"]:
+        raise ValueError(f"{name}: {channels} channel(s), the model expects {plan['in_channels']}")
+
+
+def _predict(model: nn.Module, plan: dict, canonical: np.ndarray, settings: InferSettings,
+             device: torch.device) -> tuple[np.ndarray, dict[str, Any], FilterReport]:
+    """Labels on the canonical grid, the CGM record and what the CGM gate removed."""
     dims = plan["spatial_dims"]
-    if dims == 2 and canonical.shape[2] != 1:
-        raise ValueError(f"{path.name}: a 2D model cannot segment a volume of shape {canonical.shape}")
-    image = to_channel_first(normalize(canonical.astype(np.float32), plan["normalization"]), dims)
-    if image.shape[0] != plan["in_channels"]:
-        raise ValueError(f"{path.name}: {image.shape[0]} channels, the model expects {plan['in_channels']}")
-    labels = predict_labels(model, image, roi_size, overlap, sw_batch_size, device)
-    if dims == 2:
-        labels = labels[..., None]
-    # Undo the reorientation so the mask lies on the input's own voxel grid.
-    to_input = ornt_transform(axcodes2ornt("RAS"), io_orientation(original.affine))
-    labels = apply_orientation(labels, to_input).astype(np.uint8).reshape(original.shape[:3]
-                                                                          if len(original.shape) >= 3
-                                                                          else original.shape)
-    header = original.header.copy()
-    header.set_data_dtype(np.uint8)
-    header.set_slope_inter(1, 0)
-    mask = nib.Nifti1Image(labels, original.affine, header)
-    with atomic_path(output) as tmp:
-        nib.save(mask, tmp)
-    return int((labels > 0).sum())
+    window = WindowSettings(roi_size_for(plan, settings.roi_size), settings.overlap, settings.sw_batch_size,
+                            settings.mirror_tta, settings.amp, settings.stitch_device)
+    cgm = has_cgm(model)
+    record: dict[str, Any] = {"available": cgm, "applied": cgm and settings.cgm_filter,
+                              "threshold": settings.cgm_threshold}
+    if dims == 2:  # each 2D image (or slice of a volume) on its own, as in training
+        slices, probabilities = [], []
+        for z in range(canonical.shape[2]):
+            image = to_channel_first(normalize(canonical[:, :, z:z + 1].astype(np.float32), plan["normalization"]), 2)
+            prediction = predict_windows(model, image, window, device)
+            slices.append(prediction.probabilities.argmax(0).to(torch.uint8).numpy())
+            if prediction.window_probabilities:
+                probabilities.append(max(prediction.window_probabilities))
+        labels = np.stack(slices, axis=-1)
+        record.update(level="image" if canonical.shape[2] == 1 else "slice",
+                      probabilities=[round(p, 6) for p in probabilities])
+        if cgm and settings.cgm_filter:
+            labels, report = gate_images(labels, probabilities, settings.cgm_threshold)
+            return labels, record, report
+        return labels, record, FilterReport()
+    image = to_channel_first(normalize(canonical.astype(np.float32), plan["normalization"]), 3)
+    prediction = predict_windows(model, image, window, device)
+    labels = prediction.probabilities.argmax(0).to(torch.uint8).numpy()
+    del image
+    record["level"] = "window"
+    if prediction.window_probabilities:
+        p = np.asarray(prediction.window_probabilities)
+        record["windows"] = {"count": int(p.size), "rejected": int((p < settings.cgm_threshold).sum()),
+                             "min": round(float(p.min()), 6), "max": round(float(p.max()), 6),
+                             "mean": round(float(p.mean()), 6)}
+    if cgm and settings.cgm_filter and prediction.presence is not None:
+        labels, report = gate_voxels(labels, prediction.presence[0].numpy(), settings.cgm_threshold)
+        return labels, record, report
+    return labels, record, FilterReport()
 
 
-def run_case(model: nn.Module, plan: dict, case_id: str, path: Path, output_dir: Path,
-             roi_size: tuple[int, ...], overlap: float, sw_batch_size: int,
-             device: torch.device) -> CaseOutcome:
-    """Never raises for a bad input: the outcome says what happened to the case."""
-    if not case_id:
-        return CaseOutcome(repr(path.name), "failed", error=f"{path.name!r}: unsafe case name")
-    output = output_dir / f"{case_id}.nii.gz"
-    if output.exists():
-        return CaseOutcome(case_id, "skipped", output=str(output))
-    started = time.perf_counter()
+def segment_case(model: nn.Module, plan: dict, case: InferCase, output_dir: Path, settings: InferSettings,
+                 device: torch.device | None = None) -> dict[str, Any]:
+    """Segment one case and write its outputs; returns the report (also written as ``<case>.json``)."""
+    device = device or settings.torch_device()
+    name = shown_name(Path(settings.input_root)) if settings.input_root else shown_name(case.files[0].parent)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    study: LoadedStudy = load_study(case, name, settings.tolerance, settings.spacing_tolerance, settings.max_voxels)
+    canonical = to_model_space(study.data, study.affine)
+    _plan_checks(canonical, plan, case.shown)
+    timings["read"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    labels, cgm, cgm_report = _predict(model, plan, canonical, settings, device)
+    del canonical
+    timings["predict"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    lcc = FilterReport()
+    if settings.keep_largest_component:
+        labels, lcc = keep_largest_component(labels)
+    labels = to_input_space(labels, study.affine)
+    timings["postprocess"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    outputs = {"mask": str(write_mask(output_dir / f"{case.case_id}.nii.gz", labels, study))}
+    if study.series is not None and settings.dicom_seg:
+        from tasks.dicom_seg import write_dicom_seg
+
+        outputs["seg"] = str(write_dicom_seg(output_dir / f"{case.case_id}.seg.dcm", labels.reshape(study.series.shape),
+                                             study.series.files, plan.get("label_names", {}), plan["num_classes"],
+                                             settings.model_id or "1"))
+    timings["write"] = time.perf_counter() - clock
+
+    voxel_ml = float(abs(np.linalg.det(study.affine[:3, :3]))) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=plan["num_classes"])
+    names = _class_names(plan)
+    report = {
+        "case_id": case.case_id, "source": case.shown, "kind": case.kind, "key": settings.key(case),
+        "model_id": settings.model_id, "outputs": outputs, "shape": list(study.out_shape),
+        "voxel_ml": voxel_ml, "foreground_voxels": int(counts[1:].sum()),
+        "class_volumes_ml": {names.get(c, str(c)): round(float(counts[c]) * voxel_ml, 6)
+                             for c in range(1, plan["num_classes"])},
+        "cgm": {**cgm, "removed_voxels": cgm_report.removed_voxels, "removed_slices": cgm_report.removed_slices},
+        "keep_largest_component": {"applied": settings.keep_largest_component, "removed_voxels": lcc.removed_voxels},
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    if study.series is not None:
+        report["frame_of_reference_uid"] = study.series.frame_of_reference
+        report["series_instance_uid"] = case.slices[0].series if case.slices else ""
+    write_json(output_dir / f"{case.case_id}.json", report)  # last: it marks the case done
+    return report
+
+
+def _class_names(plan: dict) -> dict[int, str]:
+    names = plan.get("label_names") or {}
+    if isinstance(names, dict):
+        return {int(v): str(k) for k, v in names.items()}
+    return dict(enumerate(str(n) for n in names))
+
+
+def completed_report(case: InferCase, output_dir: Path, settings: InferSettings) -> dict[str, Any] | None:
+    """The earlier run's report when it is for the same inputs, weights and settings and its files exist."""
+    path = output_dir / f"{case.case_id}.json"
+    if not path.exists():
+        return None
     try:
-        voxels = segment_case(model, plan, path, output, roi_size, overlap, sw_batch_size, device)
+        report = json.loads(path.read_text())
+        if report.get("key") != settings.key(case):
+            return None
+        if all(Path(p).exists() for p in report.get("outputs", {}).values()):
+            return report
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def _outcome(report: dict[str, Any], status: str, seconds: float) -> CaseOutcome:
+    return CaseOutcome(
+        case_id=report["case_id"], status=status, source=report["source"], mask=report["outputs"]["mask"],
+        seg=report["outputs"].get("seg", ""), seconds=round(seconds, 4), foreground_voxels=report["foreground_voxels"],
+        volumes_ml=json.dumps(report["class_volumes_ml"], sort_keys=True),
+        cgm_removed_voxels=report["cgm"]["removed_voxels"], cgm_removed_slices=len(report["cgm"]["removed_slices"]),
+        lcc_removed_voxels=report["keep_largest_component"]["removed_voxels"])
+
+
+def run_case(case: InferCase, output_dir: Path, settings: InferSettings, model: nn.Module | str,
+             plan: dict | None = None) -> CaseOutcome:
+    """Never raises for a bad input: the outcome says what happened to the case.
+
+    ``model`` is a loaded network (with its ``plan``) or a reference :func:`cached_model` loads once per
+    process (a Dask worker gets a checkpoint path, not a pickled network).
+    """
+    output_dir = Path(output_dir)
+    try:
+        done = completed_report(case, output_dir, settings)
+        if done is not None:
+            return _outcome(done, "skipped", 0.0)
+        started = time.perf_counter()
+        device = settings.torch_device()
+        if isinstance(model, str):
+            model, plan = cached_model(model, device)
+        assert plan is not None, "a loaded model needs its plan"
+        report = segment_case(model, plan, case, output_dir, settings, device)
+        return _outcome(report, "done", time.perf_counter() - started)
     except Exception as error:  # one bad study never stops the batch
-        return CaseOutcome(case_id, "failed", error=f"{path.name}: {error}")
-    return CaseOutcome(case_id, "done", output=str(output), seconds=time.perf_counter() - started,
-                       foreground_voxels=voxels)
+        message = str(error) if case.shown.split(",")[0] in str(error) else f"{case.shown}: {error}"
+        return CaseOutcome(case.case_id, "failed", source=case.shown, error=f"{message} ({type(error).__name__})")
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def problem_outcomes(problems: list[InputProblem]) -> list[CaseOutcome]:
+    return [CaseOutcome(p.case_id, p.status, error=p.reason) for p in problems]
+
+
+def remove_stale_temporaries(output_dir: Path) -> int:
+    """Half-written files a killed run left (``.name.XXXX.tmp…`` from :func:`tasks.atomic.atomic_path`).
+
+    Only one batch may write to an output folder at a time: a second one's temporaries would go too.
+    """
+    removed = 0
+    if Path(output_dir).is_dir():
+        for path in Path(output_dir).glob(".*.tmp*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def run_batch(input_dir: Path, output_dir: Path, settings: InferSettings, model: nn.Module, plan: dict,
+              salt: str = "unetflow") -> list[CaseOutcome]:
+    """The whole batch in this process, one case after the other (no Prefect): tests, benchmarks, scripts."""
+    remove_stale_temporaries(output_dir)
+    cases, problems = discover_cases(input_dir, exclude=output_dir, salt=salt)
+    outcomes = [run_case(case, output_dir, settings, model, plan) for case in cases]
+    outcomes = sorted(outcomes + problem_outcomes(problems), key=lambda o: o.case_id)
+    write_summary(output_dir, outcomes)
+    return outcomes
 
 
 def write_summary(output_dir: Path, outcomes: list[CaseOutcome]) -> Path:
+    """``summary.csv`` (one row per case, failures with their reason) and ``summary.json`` (counts)."""
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(asdict(outcomes[0])) if outcomes else ["case_id"])
+    writer = csv.DictWriter(table, fieldnames=[f for f in CaseOutcome.__dataclass_fields__])
     writer.writeheader()
     writer.writerows(asdict(o) for o in outcomes)
-    path = output_dir / "summary.csv"
+    path = Path(output_dir) / "summary.csv"
     write_text(path, table.getvalue())
-    write_json(output_dir / "summary.json", {
-        "done": sum(o.status == "done" for o in outcomes),
-        "skipped": sum(o.status == "skipped" for o in outcomes),
-        "failed": [{"case_id": o.case_id, "error": o.error} for o in outcomes if o.status == "failed"],
+    write_json(Path(output_dir) / "summary.json", {
+        **{s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "ignored")},
+        "failed_cases": [{"case_id": o.case_id, "error": o.error} for o in outcomes if o.status == "failed"],
+        "ignored_files": [{"case_id": o.case_id, "reason": o.error} for o in outcomes if o.status == "ignored"],
     })
     return path
 
 
-__all__ = ["NIFTI_SUFFIXES", "CaseOutcome", "discover_inputs", "run_case", "write_summary"]
+@dataclass
+class BatchCounts:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    ignored: int = 0
+    failed_cases: list[dict[str, str]] = field(default_factory=list)
+
+
+def count(outcomes: list[CaseOutcome]) -> BatchCounts:
+    counts = BatchCounts(**{s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "ignored")})
+    counts.failed_cases = [{"case_id": o.case_id, "error": o.error} for o in outcomes if o.status == "failed"]
+    return counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,106 @@ def predict_probabilities(model: nn.Module, image: np.ndarray | torch.Tensor, ro
     return torch.softmax(logits[0].float(), dim=0)
 
 
+@dataclass(frozen=True)
+class WindowSettings:
+    """How batch inference runs the windows (a plain value, cheap to send to any worker)."""
+
+    roi_size: tuple[int, ...]
+    overlap: float = 0.25
+    sw_batch_size: int = 4
+    mirror: bool = False
+    amp: bool = True
+    stitch_device: str = "auto"  # "auto" | "cpu" | "device"
+
+
+@dataclass
+class WindowedPrediction:
+    """Blended softmax ``C×…`` (on the CPU) and, for CGM networks, what the classifier said.
+
+    ``presence`` is the Gaussian blend of the windows' "foreground present" probabilities, ``1×…``
+    (so a voxel's gate follows the windows that cover it, weighted like its segmentation);
+    ``window_probabilities`` lists each window's probability in the order MONAI ran them.
+    """
+
+    probabilities: torch.Tensor
+    presence: torch.Tensor | None = None
+    window_probabilities: list[float] = field(default_factory=list)
+
+
+def has_cgm(model: nn.Module) -> bool:
+    return getattr(model, "cgm_head", None) is not None and hasattr(model, "forward_with_class")
+
+
+def _flip_sets(spatial_dims: int, mirror: bool) -> list[tuple[int, ...]]:
+    """Every subset of the spatial axes (nnU-Net's mirroring TTA), or just no flip."""
+    axes = list(range(2, 2 + spatial_dims))
+    return [tuple(a for i, a in enumerate(axes) if mask >> i & 1) for mask in range(2 ** len(axes if mirror else []))]
+
+
+def _stitch_device(device: torch.device, channels: int, spatial: tuple[int, ...], choice: str) -> torch.device:
+    """Keep the blended volume on the GPU only when it (twice: buffer + weights) takes < 25% of free memory."""
+    if device.type != "cuda" or choice == "cpu":
+        return torch.device("cpu")
+    if choice == "device":
+        return device
+    needed = 2 * (channels + 2) * int(np.prod(spatial)) * 4
+    free, _total = torch.cuda.mem_get_info(device)
+    return device if needed < 0.25 * free else torch.device("cpu")
+
+
+@torch.no_grad()
+def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings: WindowSettings,
+                    device: torch.device | str = "cpu", with_class: bool = True) -> WindowedPrediction:
+    """Sliding windows (MONAI, Gaussian blending, ``sw_batch_size`` windows per pass) over ``C×…``.
+
+    Windows run on ``device``; the blended volume lives where :func:`_stitch_device` puts it (the CPU
+    unless it fits easily on the GPU), so a large volume never needs a full-size buffer per class on
+    the GPU. Windows are blended as softmax probabilities, so mirrored passes and the CGM gate combine
+    as probabilities. ``with_class`` (and a CGM head) also blends the presence probability.
+    """
+    device = torch.device(device)
+    tensor = torch.as_tensor(image, dtype=torch.float32)[None]
+    spatial_dims = tensor.dim() - 2
+    cgm = with_class and has_cgm(model)
+    flips = _flip_sets(spatial_dims, settings.mirror)
+    autocast = settings.amp and device.type == "cuda"
+    window_probabilities: list[float] = []
+    model.eval()
+
+    def predictor(windows: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        probabilities, presence = None, None
+        for axes in flips:
+            batch = torch.flip(windows, axes) if axes else windows
+            with torch.autocast(device.type, enabled=autocast):
+                if cgm:
+                    logits, class_logits = model.forward_with_class(batch)  # type: ignore[operator]
+                else:
+                    logits, class_logits = model(batch), None
+            soft = torch.softmax(logits.float(), dim=1)
+            soft = torch.flip(soft, axes) if axes else soft
+            probabilities = soft if probabilities is None else probabilities + soft
+            if class_logits is not None:
+                present = torch.sigmoid(class_logits[:, 1].float())
+                presence = present if presence is None else presence + present
+        assert probabilities is not None
+        probabilities = probabilities / len(flips)
+        if presence is None:
+            return probabilities
+        presence = presence / len(flips)
+        window_probabilities.extend(float(p) for p in presence.cpu())
+        shape = (windows.shape[0], 1, *windows.shape[2:])
+        return probabilities, presence.view(-1, *([1] * (spatial_dims + 1))).expand(shape).contiguous()
+
+    channels = int(getattr(model, "out_channels", 2))
+    stitch = _stitch_device(device, channels, tuple(tensor.shape[2:]), settings.stitch_device)
+    output = sliding_window_inference(
+        tensor, roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size, predictor=predictor,
+        overlap=settings.overlap, mode="gaussian", padding_mode="constant", sw_device=device, device=stitch)
+    if isinstance(output, tuple):
+        return WindowedPrediction(output[0][0].float().cpu(), output[1][0].float().cpu(), window_probabilities)
+    return WindowedPrediction(output[0].float().cpu())
+
+
 def predict_labels(model: nn.Module, image: np.ndarray | torch.Tensor, roi_size: tuple[int, ...],
                    overlap: float = 0.25, sw_batch_size: int = 4,
                    device: torch.device | str = "cpu") -> np.ndarray:
@@ -54,4 +155,29 @@ def iou_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -
         p, t = prediction == cls, truth == cls
         union = np.logical_or(p, t).sum()
         scores[cls] = 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
+    return scores
+
+
+def hd95_per_class(prediction: np.ndarray, truth: np.ndarray, num_classes: int,
+                   spacing: list[float] | None = None) -> dict[int, float]:
+    """95th-percentile Hausdorff distance per foreground class (in mm when ``spacing`` is given).
+
+    0 when both masks are empty; NaN when exactly one is (the distance is undefined, and a number
+    would hide a missed or hallucinated structure).
+    """
+    from monai.metrics import compute_hausdorff_distance
+
+    scores = {}
+    for cls in range(1, num_classes):
+        p, t = prediction == cls, truth == cls
+        if not p.any() and not t.any():
+            scores[cls] = 0.0
+        elif not p.any() or not t.any():
+            scores[cls] = float("nan")
+        else:
+            pred = torch.from_numpy(np.stack([~p, p]))[None]
+            true = torch.from_numpy(np.stack([~t, t]))[None]
+            distance = compute_hausdorff_distance(pred, true, include_background=False, percentile=95,
+                                                  spacing=spacing)
+            scores[cls] = float(distance[0, 0])
     return scores

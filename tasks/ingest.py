@@ -1,35 +1,69 @@
-"""Ingest: a folder of NIfTI image/label pairs → one canonical, validated dataset.
+"""Ingest: an inbox of NIfTI or DICOM studies → one canonical, validated, DVC-versioned dataset.
 
-Plain functions (the Prefect flow in ``flows/ingest.py`` only maps them over cases). Each case is
-validated on its own and either lands in the canonical folder — RAS orientation, integer labels,
-sha256 in the manifest — or is reported with the file and the reason; one bad case never stops
-the batch. Writes are atomic and skipped when the bytes would not change, so re-ingesting
-unchanged sources rewrites nothing.
+Plain functions (the Prefect flow in ``flows/ingest.py`` only maps ``ingest_case`` over cases).
+``plan_ingest`` finds the cases (``tasks/sources.py``) and what the last run made of them;
+``ingest_case`` validates one case and writes it — RAS NIfTI image, integer label — or rejects it
+with the file and the reason; ``finish_ingest`` writes ``dataset.json`` (sha256 of every file),
+``rejected.json`` and the source index. One bad case never stops the batch.
+
+Idempotent and incremental: each case's inputs are fingerprinted (sha256 of every input file and
+the settings); an unchanged case whose outputs are intact is not read again, and any file that
+would get the same bytes is not rewritten. Every write is atomic, so a run killed half-way leaves
+whole files only, and the next run ends with exactly the dataset an uninterrupted run gives.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-import re
-from dataclasses import asdict, dataclass, field
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
 from tasks.atomic import atomic_path, write_json
+from tasks.config import DataConfig
+from tasks.dicom_series import check_series, read_seg, read_volume
+from tasks.geometry import check_readers_agree, check_same_grid, nifti_affine
+from tasks.ingest_errors import CaseRejected
+from tasks.ingest_names import printable, safe_case_id
+from tasks.sources import NIFTI_SUFFIXES, CaseSource, discover, strip_nifti_suffix
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-GEOMETRY_TOLERANCE = 1e-4
-MAX_VOXELS = 2_000_000_000
+__all__ = ["CaseRejected", "CaseResult", "CaseSource", "IngestPlan", "IngestSettings", "finish_ingest",
+           "ingest_case", "ingest_dataset", "plan_ingest", "safe_case_id", "sha256_file", "summary_table"]
+
+#: Bump when the output of an unchanged input would change, so the index does not skip it.
+INGEST_VERSION = 2
+INDEX_FILE = "sources.json"
+OUTPUT_FOLDERS = ("imagesTr", "labelsTr", "instancesTr")
 
 
 @dataclass(frozen=True)
-class CaseSource:
-    case_id: str
-    image: Path
-    label: Path | None
+class IngestSettings:
+    """What validating a case depends on (a plain value, so it maps cheaply onto workers)."""
+
+    label_names: dict[str, int]
+    instance_labels: bool
+    tolerance: float = 1e-4
+    spacing_tolerance: float = 0.01
+    max_voxels: int = 1_000_000_000
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> IngestSettings:
+        return cls(dict(data.label_names), data.instance_labels, data.geometry_tolerance,
+                   data.slice_spacing_tolerance, data.max_voxels)
+
+    def key(self) -> str:
+        payload = json.dumps({"version": INGEST_VERSION, "labels": self.label_names,
+                              "instances": self.instance_labels, "tolerance": self.tolerance,
+                              "spacing": self.spacing_tolerance, "max_voxels": self.max_voxels}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -40,17 +74,13 @@ class CaseResult:
     warnings: list[str] = field(default_factory=list)
     record: dict = field(default_factory=dict)
     written: bool = False
+    unchanged: bool = False
+    fingerprint: str = ""
 
-
-class CaseRejected(Exception):
-    """A case that cannot enter the dataset; the message says which file and why."""
-
-
-def strip_nifti_suffix(name: str) -> str | None:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
+    def __post_init__(self) -> None:
+        # Reasons quote file names; escaping here means no hostile name can forge a log line later.
+        self.reason = printable(self.reason)
+        self.warnings = [printable(w) for w in self.warnings]
 
 
 def sha256_file(path: Path) -> str:
@@ -61,184 +91,364 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def safe_case_id(raw: str) -> str | None:
-    """The case ID if it is safe as a file name and a log token, else None (the case is refused).
+def fingerprint(source: CaseSource, settings: IngestSettings) -> str:
+    """Content of every input (not paths: they may name the patient) plus the settings."""
+    images = [sha256_file(p) for p in source.images]
+    if source.kind == "dicom":
+        images.sort()  # slice order comes from the headers, not from file names
+    payload = {"kind": source.kind, "label_kind": source.label_kind, "settings": settings.key(),
+               "images": images, "label": sha256_file(source.label) if source.label else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
-    IDs with path separators, ``..``, shell metacharacters, a leading ``-`` or control characters
-    could escape the output folder or forge log lines; refusing is clearer than rewriting them.
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _reason(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    return printable(f"{type(error).__name__}: {text}"[:160])
+
+
+def load_nifti(path: Path, name: str, role: str, settings: IngestSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels (X×Y×Z[×C]) and RAS affine of a NIfTI file, after every check that needs no guessing.
+
+    The header is checked before any voxel is read: an absurd size fails fast without allocating
+    it, a short uncompressed file is called truncated, and the geometry must read the same in
+    nibabel and SimpleITK.
     """
-    if not _SAFE_CASE_ID.match(raw) or ".." in raw:
-        return None
-    return raw
-
-
-def discover_cases(images_dir: Path, labels_dir: Path) -> tuple[list[CaseSource], list[CaseResult]]:
-    """Pair ``imagesTr/X.nii.gz`` with ``labelsTr/X.nii.gz`` (nnU-Net's ``X_0000`` is accepted too)."""
-    sources: list[CaseSource] = []
-    problems: list[CaseResult] = []
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"image folder {images_dir} does not exist")
-    seen: set[str] = set()
-    for image in sorted(images_dir.iterdir()):
-        stem = strip_nifti_suffix(image.name)
-        if stem is None or image.name.startswith("."):
-            continue
-        case = re.sub(r"_0000$", "", stem)
-        case_id = safe_case_id(case)
-        if case_id is None:
-            problems.append(CaseResult(repr(case), False, f"{image.name}: unsafe case ID {case!r}"))
-            continue
-        if case_id in seen:
-            problems.append(CaseResult(case_id, False, f"{image.name}: duplicate case ID {case_id}"))
-            continue
-        seen.add(case_id)
-        label = next((labels_dir / f"{case_id}{s}" for s in NIFTI_SUFFIXES
-                      if (labels_dir / f"{case_id}{s}").exists()), None)
-        if label is None:
-            problems.append(CaseResult(case_id, False, f"{image.name}: no label in {labels_dir.name}/"))
-            continue
-        sources.append(CaseSource(case_id, image, label))
-    return sources, problems
-
-
-def _load(path: Path, role: str) -> nib.Nifti1Image:
     try:
         image = nib.load(str(path))
     except Exception as error:  # nibabel raises many types for broken headers
-        raise CaseRejected(f"{path.name}: unreadable {role} ({error})") from None
-    if int(np.prod(image.shape, dtype=np.int64)) > MAX_VOXELS:
-        raise CaseRejected(f"{path.name}: header claims {image.shape}, more than {MAX_VOXELS} voxels")
-    if len(image.shape) not in (2, 3, 4) or (role == "label" and len(image.shape) == 4
-                                             and image.shape[3] != 1):
-        raise CaseRejected(f"{path.name}: {role} has {len(image.shape)} dimensions {image.shape}")
-    return image
-
-
-def _as_3d(image: nib.Nifti1Image, path: Path, role: str) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Canonical (RAS) data as X×Y×Z[×C]; reading a truncated file fails here, not at load."""
-    if len(image.shape) == 2:
-        image = nib.Nifti1Image(np.asanyarray(image.dataobj)[:, :, None], image.affine, image.header)
-    canonical = nib.as_closest_canonical(image)
+        raise CaseRejected(f"{name}: unreadable {role} ({_reason(error)})") from None
+    if not isinstance(image, nib.Nifti1Image):
+        raise CaseRejected(f"{name}: {role} is not a NIfTI-1 file ({type(image).__name__})")
+    shape = tuple(int(s) for s in image.shape)
+    if any(s <= 0 for s in shape) or int(np.prod(shape, dtype=np.int64)) > settings.max_voxels:
+        raise CaseRejected(f"{name}: header claims {role} shape {shape}, refused (limit {settings.max_voxels} voxels)")
+    if len(shape) not in (2, 3, 4) or (role == "label" and len(shape) == 4 and shape[3] != 1):
+        raise CaseRejected(f"{name}: {role} has {len(shape)} dimensions {shape}; expected 2D, 3D"
+                           f"{' or 4D (channels last)' if role == 'image' else ''}")
+    if path.name.endswith(".nii"):
+        needed = int(getattr(image.dataobj, "offset", 352)) + int(np.prod(shape)) * image.get_data_dtype().itemsize
+        if path.stat().st_size < needed:
+            raise CaseRejected(f"{name}: truncated {role} file ({path.stat().st_size} bytes, header needs {needed})")
+    affine = nifti_affine(image, name, settings.tolerance)
+    check_readers_agree(path, image, name, settings.tolerance)
     try:
-        data = np.asanyarray(canonical.dataobj)
-    except Exception as error:
-        raise CaseRejected(f"{path.name}: {role} data cannot be read ({error})") from None
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # zlib/EOF errors: a truncated or corrupt .nii.gz
+        raise CaseRejected(f"{name}: {role} data is truncated or corrupt ({_reason(error)})") from None
+    if data.ndim == 2:
+        data = data[:, :, None]
     if role == "label" and data.ndim == 4:
         data = data[..., 0]
-    return data, canonical
+    return data, affine
 
 
-def _check_geometry(image: nib.Nifti1Image, label: nib.Nifti1Image, label_path: Path) -> None:
-    if image.shape[:3] != label.shape[:3]:
-        raise CaseRejected(f"{label_path.name}: label shape {label.shape[:3]} != image shape {image.shape[:3]}")
-    if not np.allclose(image.affine, label.affine, atol=GEOMETRY_TOLERANCE, rtol=0):
-        raise CaseRejected(
-            f"{label_path.name}: label geometry (spacing/origin/direction) differs from the image's "
-            f"beyond {GEOMETRY_TOLERANCE}")
+def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder voxels to the closest RAS orientation (no resampling: values are kept exactly)."""
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
+    return np.asanyarray(canonical.dataobj), canonical.affine
+
+
+def _image_dtype(data: np.ndarray, name: str) -> np.ndarray:
+    """Integer images keep their type (DICOM → NIfTI is exact); everything else becomes float32."""
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise CaseRejected(f"{name}: image voxels are not real numbers ({data.dtype})")
+    if np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 4:
+        return data
+    data = data.astype(np.float32)
+    if not np.isfinite(data).all():
+        raise CaseRejected(f"{name}: image holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels")
+    return data
+
+
+def read_image(source: CaseSource, settings: IngestSettings) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(RAS voxels X×Y×Z[×C], RAS affine, the DICOM series plan or None)."""
+    if source.kind == "dicom":
+        plan = check_series(list(source.slices), source.name, settings.spacing_tolerance, settings.max_voxels)
+        data = read_volume(plan, source.name, settings.tolerance)
+        data, affine = to_ras(_image_dtype(data, source.name(plan.files[0])), plan.affine)
+        return data, affine, plan
+    channels = []
+    for index, path in enumerate(source.images):
+        data, affine = load_nifti(path, source.name(path), "image", settings)
+        data = _image_dtype(data, source.name(path))
+        if channels:
+            check_same_grid(channels[0][0].shape, channels[0][1], data.shape, affine, settings.tolerance,
+                            f"channel {index}", source.name(path))
+            if data.ndim != 3:
+                raise CaseRejected(f"{source.name(path)}: channel file is {data.ndim}D; channel files must be 3D")
+        channels.append((data, affine))
+    if len(channels) == 1:
+        data, affine = channels[0]
+    else:
+        dtype = np.result_type(*(c[0].dtype for c in channels))
+        data, affine = np.stack([c[0].astype(dtype) for c in channels], axis=3), channels[0][1]
+    data, affine = to_ras(data, affine)
+    return data, affine, None
+
+
+def read_label(source: CaseSource, plan: Any, image_shape: tuple[int, ...], image_affine: np.ndarray,
+               settings: IngestSettings) -> np.ndarray:
+    """Integer label on the image's RAS grid; any geometry mismatch is a rejection, never a resample."""
+    assert source.label is not None
+    name = source.name(source.label)
+    if source.label_kind == "seg":
+        data, affine = to_ras(read_seg(source.label, plan, source.name), plan.affine)
+    else:
+        data, affine = to_ras(*load_nifti(source.label, name, "label", settings))
+    check_same_grid(image_shape, image_affine, data.shape, affine, settings.tolerance, "label", name)
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.isfinite(data).all():
+            raise CaseRejected(f"{name}: label holds NaN or infinite values")
+        if not np.all(np.equal(np.mod(data, 1), 0)):
+            raise CaseRejected(f"{name}: label values are not integers")
+    elif not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
+        raise CaseRejected(f"{name}: label voxels are not numbers ({data.dtype})")
+    data = data.astype(np.int64)
+    if data.size and data.min() < 0:
+        raise CaseRejected(f"{name}: negative label values {sorted(set(np.unique(data[data < 0]).tolist()))[:5]}")
+    return data
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def _sha256_gunzipped(path: Path) -> str:
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _save_if_changed(data: np.ndarray, affine: np.ndarray, target: Path) -> bool:
     """Write ``data`` to ``target`` unless the file already holds exactly these bytes."""
     image = nib.Nifti1Image(data, affine)
+    image.header.set_xyzt_units("mm", "sec")
     if target.exists():
-        # nibabel writes gzip without a timestamp, so equal data and header give equal bytes.
-        if hashlib.sha256(image.to_bytes()).hexdigest() == _sha256_gunzipped(target):
-            return False
+        # nibabel writes gzip without a timestamp or name, so equal data and header give equal bytes.
+        try:
+            if hashlib.sha256(image.to_bytes()).hexdigest() == _sha256_gunzipped(target):
+                return False
+        except (OSError, EOFError):
+            pass  # a damaged output is simply replaced
     with atomic_path(target) as tmp:
         nib.save(image, tmp)
     return True
 
 
-def _sha256_gunzipped(path: Path) -> str:
-    import gzip
+def _label_arrays(label: np.ndarray, name: str, settings: IngestSettings) -> tuple[np.ndarray, np.ndarray | None]:
+    if settings.instance_labels:
+        top = int(label.max()) if label.size else 0
+        return (label > 0).astype(np.uint8), label.astype(np.uint16 if top < 65536 else np.int32)
+    allowed = set(settings.label_names.values())
+    found = set(np.unique(label).tolist())
+    if not found <= allowed:
+        raise CaseRejected(f"{name}: label values {sorted(found - allowed)[:10]} outside the declared classes "
+                           f"{sorted(allowed)}")
+    return label.astype(np.uint8), None
 
-    with gzip.open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
-
-def ingest_case(source: CaseSource, output_dir: Path, label_names: dict[str, int],
-                instance_labels: bool) -> CaseResult:
-    """Validate one case and write it, canonical, into ``output_dir``; never raises for bad data."""
+def _outputs_intact(output_dir: Path, record: dict) -> bool:
     try:
-        image_nii = _load(source.image, "image")
-        image, image_c = _as_3d(image_nii, source.image, "image")
-        if not np.issubdtype(image.dtype, np.number):
-            raise CaseRejected(f"{source.image.name}: image voxels are not numbers ({image.dtype})")
-        image = image.astype(np.float32)
-        if not np.isfinite(image).all():
-            raise CaseRejected(f"{source.image.name}: image holds NaN or infinite voxels")
-        warnings: list[str] = []
-        assert source.label is not None
-        label_nii = _load(source.label, "label")
-        label, label_c = _as_3d(label_nii, source.label, "label")
-        _check_geometry(image_c, label_c, source.label)
-        if not np.isfinite(label).all() or not np.all(np.equal(np.mod(label, 1), 0)):
-            raise CaseRejected(f"{source.label.name}: label values are not integers")
-        label = label.astype(np.int64)
-        if label.min() < 0:
-            raise CaseRejected(f"{source.label.name}: negative label values")
-        if instance_labels:
-            instances = label
-            classes = (label > 0).astype(np.uint8)
-        else:
-            allowed = set(label_names.values())
-            found = set(np.unique(label).tolist())
-            if not found <= allowed:
-                raise CaseRejected(f"{source.label.name}: label values {sorted(found - allowed)} "
-                                   f"outside the declared classes {sorted(allowed)}")
-            instances = None
-            classes = label.astype(np.uint8)
-        if not classes.any():
-            warnings.append(f"{source.label.name}: label is empty (no foreground)")
-        affine = image_c.affine
-        written = _save_if_changed(image, affine, output_dir / "imagesTr" / f"{source.case_id}.nii.gz")
-        written |= _save_if_changed(classes, affine, output_dir / "labelsTr" / f"{source.case_id}.nii.gz")
+        return all(sha256_file(output_dir / rel) == record["sha256"][role] for role, rel in record["files"].items())
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def ingest_case(source: CaseSource, output_dir: Path, settings: IngestSettings,
+                previous: dict | None = None) -> CaseResult:
+    """Validate one case and write it, canonical, into ``output_dir``; never raises for bad data.
+
+    ``previous`` is this case's entry in the last run's index: when the inputs' fingerprint is the
+    same and the outputs are intact, the last result is returned without reading anything else.
+    """
+    try:
+        print_ = fingerprint(source, settings)
+    except OSError as error:
+        return CaseResult(source.case_id, False, f"{source.name(source.image)}: cannot read input ({_reason(error)})")
+    if previous and previous.get("fingerprint") == print_ and (
+            not previous.get("accepted") or _outputs_intact(output_dir, previous.get("record") or {})):
+        return CaseResult(source.case_id, bool(previous["accepted"]), previous.get("reason", ""),
+                          list(previous.get("warnings", [])), dict(previous.get("record") or {}),
+                          written=False, unchanged=True, fingerprint=print_)
+    try:
+        image, affine, plan = read_image(source, settings)
+        if source.label is None:
+            raise CaseRejected(source.missing_label or f"{source.name(source.image)}: no label")
+        label = read_label(source, plan, image.shape, affine, settings)
+        label_name = source.name(source.label) if source.label else "label"
+        classes, instances = _label_arrays(label, label_name, settings)
+        warnings = [] if classes.any() else [f"{label_name}: label is empty (no foreground)"]
+        files = {"image": f"imagesTr/{source.case_id}.nii.gz", "label": f"labelsTr/{source.case_id}.nii.gz"}
+        arrays = {"image": image, "label": classes}
         if instances is not None:
-            written |= _save_if_changed(instances.astype(np.uint16 if instances.max() < 65536 else np.int32),
-                                        affine, output_dir / "instancesTr" / f"{source.case_id}.nii.gz")
-        spacing = [float(s) for s in image_c.header.get_zooms()[:3]]
-        record = {
+            files["instances"] = f"instancesTr/{source.case_id}.nii.gz"
+            arrays["instances"] = instances
+        written = False
+        for role, rel in files.items():
+            written |= _save_if_changed(arrays[role], affine, output_dir / rel)
+        spacing = [float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)]
+        record: dict[str, Any] = {
             "case_id": source.case_id,
             "shape": list(image.shape),
             "spacing": spacing,
+            "origin": [round(float(v), 6) for v in affine[:3, 3]],
+            "orientation": "".join(nib.aff2axcodes(affine)),
             "channels": 1 if image.ndim == 3 else int(image.shape[3]),
-            "source": {"image": source.image.name, "label": source.label.name},
+            "dtype": str(image.dtype),
+            "source": _source_record(source),
             "n_objects": int(len(np.unique(instances)) - 1) if instances is not None else None,
+            "files": files,
+            "sha256": {role: sha256_file(output_dir / rel) for role, rel in files.items()},
         }
-        return CaseResult(source.case_id, True, warnings=warnings, record=record, written=written)
+        if source.kind == "dicom":
+            record["dicom"] = dict(source.allowed_tags)
+        return CaseResult(source.case_id, True, warnings=warnings, record=record, written=written,
+                          fingerprint=print_)
     except CaseRejected as error:
-        return CaseResult(source.case_id, False, reason=str(error))
+        return CaseResult(source.case_id, False, reason=str(error), fingerprint=print_)
+    except MemoryError:
+        return CaseResult(source.case_id, False, f"{source.name(source.image)}: too large to load", fingerprint=print_)
 
 
-def write_manifest(output_dir: Path, results: list[CaseResult], label_names: dict[str, int],
-                   instance_labels: bool, modality: str = "unknown") -> dict:
-    """``dataset.json`` (accepted cases with sha256 of each file) and ``rejected.json``."""
-    cases = []
-    for result in sorted((r for r in results if r.accepted), key=lambda r: r.case_id):
-        files = {"image": f"imagesTr/{result.case_id}.nii.gz", "label": f"labelsTr/{result.case_id}.nii.gz"}
-        if instance_labels:
-            files["instances"] = f"instancesTr/{result.case_id}.nii.gz"
-        sha = {role: sha256_file(output_dir / rel) for role, rel in files.items()}
-        cases.append({**result.record, "files": files, "sha256": sha, "warnings": result.warnings})
+def _source_record(source: CaseSource) -> dict[str, Any]:
+    if source.kind == "dicom":  # no paths: DICOM folder names are too often patient names
+        return {"kind": "dicom", "slices": len(source.images), "label": source.label_kind}
+    names = [source.name(p) for p in source.images]
+    return {"kind": "nifti", "image": names[0], "images": names,
+            "label": source.name(source.label) if source.label else None}
+
+
+# --------------------------------------------------------------------------------------------- the batch
+
+
+@dataclass
+class IngestPlan:
+    kind: str
+    sources: list[CaseSource]
+    problems: list[CaseResult]
+    previous: list[dict | None]
+    modality: str
+
+
+def plan_ingest(raw: Path, output_dir: Path, data: DataConfig) -> IngestPlan:
+    """Discover the cases, clear leftovers of a killed run, and recall what the last run made of each."""
+    _remove_temporaries(output_dir)
+    found = discover(raw, data)
+    problems = [CaseResult(case_id, False, reason) for case_id, reason in found.problems]
+    index = _read_index(output_dir)
+    modality = data.modality if data.modality != "auto" else (found.modality or "unknown")
+    return IngestPlan(found.kind, found.sources, problems, [index.get(s.case_id) for s in found.sources],
+                      modality)
+
+
+def finish_ingest(output_dir: Path, plan: IngestPlan, case_results: Iterable[CaseResult],
+                  settings: IngestSettings) -> tuple[dict, list[CaseResult]]:
+    """Write ``dataset.json``, ``rejected.json`` and the index; drop outputs of cases no longer accepted."""
+    results = sorted([*plan.problems, *case_results], key=lambda r: (r.case_id, r.reason))
+    accepted = [r for r in results if r.accepted]
+    counts = Counter(r.record["channels"] for r in accepted)
+    if len(counts) > 1:  # preprocess builds one network input: every case needs the same channels
+        usual = max(counts, key=lambda c: (counts[c], -c))
+        for result in accepted:
+            if result.record["channels"] != usual:
+                result.accepted = False
+                result.fingerprint = ""  # depends on the other cases: not remembered in the index
+                result.reason = (f"{result.record['source'].get('image', result.case_id)}: image has "
+                                 f"{result.record['channels']} channel(s), the rest of the dataset {usual}")
+    index = {r.case_id: {"fingerprint": r.fingerprint, "accepted": r.accepted, "reason": r.reason,
+                         "warnings": r.warnings, "record": r.record if r.accepted else None}
+             for r in results if r.fingerprint}
+    cases = [{**r.record, "warnings": r.warnings} for r in results if r.accepted]
     manifest = {
         "name": "unetflow-dataset",
-        "modality": modality,
-        "labels": label_names,
-        "instance_labels": instance_labels,
+        "source": plan.kind,
+        "modality": plan.modality,
+        "labels": settings.label_names,
+        "instance_labels": settings.instance_labels,
         "num_cases": len(cases),
         "cases": cases,
     }
-    write_json(output_dir / "dataset.json", manifest)
-    rejected = [asdict(r) | {"record": None} for r in results if not r.accepted]
-    write_json(output_dir / "rejected.json", {"rejected": [
-        {"case_id": r["case_id"], "reason": r["reason"]} for r in rejected]})
-    _remove_stale(output_dir, {c["case_id"] for c in cases})
-    return manifest
+    _write_json_if_changed(output_dir / "dataset.json", manifest)
+    _write_json_if_changed(output_dir / "rejected.json", {
+        "rejected": [{"case_id": r.case_id, "reason": r.reason} for r in results if not r.accepted],
+        "warnings": [{"case_id": r.case_id, "warning": w} for r in results if r.accepted for w in r.warnings]})
+    _write_json_if_changed(output_dir / INDEX_FILE, {"version": INGEST_VERSION, "settings": settings.key(),
+                                                     "cases": index})
+    _remove_stale(output_dir, {c["case_id"] for c in cases}, settings.instance_labels)
+    return manifest, results
 
 
-def _remove_stale(output_dir: Path, keep: set[str]) -> None:
+def ingest_dataset(raw: Path, output_dir: Path, data: DataConfig, workers: int = 1,
+                   map_fn: Callable[..., Iterable[CaseResult]] | None = None) -> tuple[dict, list[CaseResult]]:
+    """The whole ingest without Prefect (tests, benchmarks): plan, convert in parallel, finish."""
+    settings = IngestSettings.from_config(data)
+    plan = plan_ingest(raw, output_dir, data)
+
+    def one(args: tuple[CaseSource, dict | None]) -> CaseResult:
+        return ingest_case(args[0], output_dir, settings, args[1])
+
+    pairs = list(zip(plan.sources, plan.previous, strict=True))
+    if map_fn is not None:
+        case_results = list(map_fn(one, pairs))
+    elif workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            case_results = list(pool.map(one, pairs))
+    else:
+        case_results = [one(p) for p in pairs]
+    return finish_ingest(output_dir, plan, case_results, settings)
+
+
+def summary_table(results: list[CaseResult], manifest: dict, output_dir: Path) -> str:
+    """Plain-text summary: counts, then one line per rejected case and per warning."""
+    rejected = [r for r in results if not r.accepted]
+    warnings = [(r.case_id, w) for r in results if r.accepted for w in r.warnings]
+    written = sum(r.written for r in results)
+    unchanged = sum(r.unchanged for r in results)
+    lines = [f"ingest: {manifest['num_cases']} accepted, {len(rejected)} rejected, {len(warnings)} warnings, "
+             f"{written} (re)written, {unchanged} unchanged -> {printable(str(output_dir))}"]
+    rows = [("rejected", r.case_id, r.reason) for r in rejected] + [("warning", c, w) for c, w in warnings]
+    if rows:
+        width = max(len(r[1]) for r in rows)
+        lines.append(f"  {'status':<8}  {'case':<{width}}  reason")
+        lines += [f"  {status:<8}  {case:<{width}}  {reason}" for status, case, reason in rows]
+    return "\n".join(lines)
+
+
+def _read_index(output_dir: Path) -> dict[str, dict]:
+    try:
+        payload = json.loads((output_dir / INDEX_FILE).read_text())
+        return payload["cases"] if payload.get("version") == INGEST_VERSION else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _write_json_if_changed(target: Path, payload: Any) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    if target.exists() and target.read_text() == text:
+        return
+    write_json(target, payload)
+
+
+def _remove_temporaries(output_dir: Path) -> None:
+    """Hidden ``.name.XXXX.tmp…`` files are what a SIGKILL mid-write leaves behind (see tasks/atomic.py)."""
+    if output_dir.is_dir():
+        for path in output_dir.rglob(".*.tmp*"):
+            if path.is_file():
+                path.unlink()
+
+
+def _remove_stale(output_dir: Path, keep: set[str], instance_labels: bool) -> None:
     """Cases no longer in the source (or now rejected) must not linger in the canonical folder."""
-    for folder in ("imagesTr", "labelsTr", "instancesTr"):
-        for path in (output_dir / folder).glob("*.nii.gz"):
-            if strip_nifti_suffix(path.name) not in keep:
+    for folder in OUTPUT_FOLDERS:
+        for path in (output_dir / folder).glob("*"):
+            stem = strip_nifti_suffix(path.name)
+            if path.is_file() and (stem not in keep or not path.name.endswith(NIFTI_SUFFIXES[0])
+                                   or (folder == "instancesTr" and not instance_labels)):
                 path.unlink()

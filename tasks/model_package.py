@@ -53,4 +53,4 @@ def load_model(uri: str, map_location: str | torch.device = "cpu") -> tuple[nn.M
     plan_path = next(local.rglob(PLAN_FILE), None)
     if plan_path is None:
         raise FileNotFoundError(f"model {uri} carries no {PLAN_FILE}: it was not logged by unetflow")
-    return model.eval(), json.loads(plan_path.read_text())
+    return model.eval(), json.loads(plan_path.read_text(encoding="utf-8"))

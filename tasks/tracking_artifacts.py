@@ -14,7 +14,7 @@ from tasks.config import Params
 
 def _git_commit(root: Path) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, encoding="utf-8", timeout=10)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -27,7 +27,7 @@ def _dvc_data_hash(root: Path) -> str:
     path = root / "data.dvc"
     if not path.exists():
         return "untracked"
-    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
+    outs = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("outs") or [{}]
     return str(outs[0].get("md5", "unknown"))
 
 

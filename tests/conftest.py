@@ -28,7 +28,7 @@ def cli_env(home: Path) -> dict[str, str]:
 
 
 def run(cmd: list[str], cwd: Path, home: Path, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=cwd, env=cli_env(home), capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(cmd, cwd=cwd, env=cli_env(home), capture_output=True, text=True, encoding="utf-8", timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     return done
@@ -50,3 +50,14 @@ def project(tmp_path: Path) -> Path:
     run([str(BIN / "dvc"), "init", "-q"], root, tmp_path)
     run([str(BIN / "dvc"), "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")], root, tmp_path)
     return root
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API (its own database) for every in-process flow run of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    import flows  # noqa: F401  (telemetry off, startup timeout long enough for 2 cores)
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -146,6 +146,25 @@ class SegmentationNetwork(nn.Module):
         full = padded.shape[2:] if self.pads_input else logits.shape[2:]
         return NetworkOutput(logits, self._finish_aux(aux, spatial, full), class_logits)
 
+    def forward_with_class(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eval-time logits *and* the CGM presence logits ``[B, 2]`` (None without a CGM head).
+
+        Why a separate method: ``forward`` in eval must return one tensor (sliding windows, export), yet
+        batch inference post-filters with the classifier's probability (column 1 = foreground present,
+        ``sigmoid`` as in training). The logits are exactly what ``forward`` returns in the current mode
+        when it returns a tensor (eval: gated only if ``cgm_gate``); call it on a model in eval mode.
+        """
+        self.check_input(x)
+        spatial = [int(s) for s in x.shape[2:]]
+        padded = self._pad(x) if self.pads_input else x
+        logits, _aux, deepest = self.forward_parts(padded)
+        if self.pads_input:
+            logits = self._crop(logits, spatial)
+        class_logits = self.cgm_head(deepest) if self.cgm_head is not None else None
+        if self.cgm_gate and class_logits is not None:
+            logits = self._gate(logits, class_logits)
+        return logits, class_logits
+
     def _finish_aux(
         self, aux: list[torch.Tensor], spatial: Sequence[int], padded: Sequence[int]
     ) -> list[torch.Tensor]:

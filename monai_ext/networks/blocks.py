@@ -125,10 +125,13 @@ class DoubleConv(nn.Sequential):
             )
 
 
-class ResidualBlock(nn.Module):
-    """Two ConvNormAct with an identity (or 1x1 projection) shortcut, as in MONAI's ResidualUnit.
+class ResidualUnit(nn.Module):
+    """MONAI's ``ResidualUnit``: ``subunits`` ConvNormAct (the first strided) summed with a shortcut.
 
-    The last activation is applied after the sum so the block is a standard post-activation residual unit.
+    Shortcut: identity when shape is kept, a 1x1 conv when only the width changes, a strided 3x3 conv when
+    the unit downsamples (as in MONAI). No activation after the sum; ``last_conv_only`` leaves the last
+    subunit a bare conv (MONAI's output unit). Striding the first conv instead of max-pooling first costs the
+    same FLOPs for the body and makes the shortcut carry the downsampling (ResUNet, Zhang et al. 2018).
     """
 
     def __init__(
@@ -136,28 +139,46 @@ class ResidualBlock(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
+        stride: int = 1,
+        subunits: int = 2,
+        kernel_size: int = 3,
         norm: NormSpec = "batch",
         act: ActSpec = "relu",
         dropout: float = 0.0,
         bias: bool = True,
+        last_conv_only: bool = False,
     ) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            ConvNormAct(
-                spatial_dims, in_channels, out_channels, 3, norm=norm, act=act, dropout=dropout, bias=bias
-            ),
-            ConvNormAct(spatial_dims, out_channels, out_channels, 3, norm=norm, act=None, bias=bias),
-        )
-        conv_type = Conv[Conv.CONV, spatial_dims]
-        self.shortcut: nn.Module = (
-            nn.Identity()
-            if in_channels == out_channels
-            else conv_type(in_channels, out_channels, 1, bias=bias)
-        )
-        self.act = make_act(act) or nn.Identity()
+        if subunits < 1:
+            raise ValueError(f"a residual unit needs >= 1 subunit, got {subunits}")
+        layers = []
+        cin, s = in_channels, stride
+        for i in range(subunits):
+            bare = last_conv_only and i == subunits - 1
+            layers.append(
+                ConvNormAct(
+                    spatial_dims,
+                    cin,
+                    out_channels,
+                    kernel_size,
+                    stride=s,
+                    norm=None if bare else norm,
+                    act=None if bare else act,
+                    dropout=0.0 if bare else dropout,
+                    bias=bias,
+                )
+            )
+            cin, s = out_channels, 1
+        self.body = nn.Sequential(*layers)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            k = kernel_size if stride != 1 else 1
+            self.shortcut = Conv[Conv.CONV, spatial_dims](
+                in_channels, out_channels, k, stride=stride, padding=k // 2, bias=bias
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+        return self.body(x) + self.shortcut(x)
 
 
 class InvertedResidual(nn.Module):

@@ -1,0 +1,20 @@
+"""compare: a variant bake-off on the preprocessed data, one parent MLflow run with nested runs."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import project
+from tasks.compare import compare_variants, format_table
+
+compare_task = task(compare_variants, name="compare-variants", cache_policy=NO_CACHE)
+
+
+@flow(name="compare", log_prints=True)
+def compare_flow(variants: list[str], root: str = ".", params_file: str | None = "params.yaml",
+                 overrides: list[str] | None = None) -> list[dict]:
+    root_path, params = project(root, params_file, overrides)
+    rows = compare_task(params, root_path, variants)
+    print("compare:\n" + format_table(rows))
+    return rows

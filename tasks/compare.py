@@ -1,0 +1,72 @@
+"""Bake-off: train several variants on the same split, budget and seed, and compare them.
+
+Which depth or variant of the U-Net family is best depends on the dataset (the UNet++ paper's
+point); this answers it on the user's own data. Each variant is a nested MLflow run under one
+parent run, so the MLflow UI shows them side by side with the same metric names.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from tasks.atomic import write_json, write_text
+from tasks.config import Params
+from tasks.data import load_cases
+from tasks.evaluate import score_cases, summarize
+from tasks.model_package import load_model
+from tasks.train import train_model
+
+COLUMNS = ("variant", "test_dice", "test_iou", "best_val_dice", "parameters", "seconds_per_epoch", "peak_memory_mb")
+
+
+def variant_params(params: Params, variant: str) -> Params:
+    """The same config with another network; options specific to the base network are dropped."""
+    return params.model_copy(update={"model": params.model.model_copy(update={"name": variant, "options": {}})})
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [" | ".join(COLUMNS), " | ".join("---" for _ in COLUMNS)]
+    for row in rows:
+        lines.append(" | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS))
+    return "\n".join(lines)
+
+
+def compare_variants(params: Params, root: Path, variants: list[str]) -> list[dict]:
+    import mlflow
+
+    from tasks.tracking import configure_tracking
+
+    configure_tracking(params.tracking, root)
+    # Validate every variant before training the first, so a typo does not waste the others' time.
+    candidates = [variant_params(params, v) for v in variants]
+    for candidate in candidates:
+        Params.model_validate(candidate.model_dump())
+    device = torch.device("cuda" if torch.cuda.is_available() and params.train.device != "cpu" else "cpu")
+    rows = []
+    with mlflow.start_run(run_name=f"compare {','.join(variants)}") as parent:
+        mlflow.set_tag("unetflow.stage", "compare")
+        mlflow.log_params({"variants": ",".join(variants), "train.epochs": params.train.epochs,
+                           "train.seed": params.train.seed})
+        for variant, candidate in zip(variants, candidates, strict=True):
+            output_dir = root / "outputs" / "compare" / variant
+            result = train_model(candidate, root, output_dir=output_dir, register=False, run_name=variant,
+                                 nested=True, extra_tags={"unetflow.parent": parent.info.run_id})
+            model, plan = load_model(result.checkpoint)
+            items = load_cases(root / params.preprocess.output_dir, plan["split"]["test"])
+            test_dice, test_iou = summarize(score_cases(model.to(device), plan, items, params.infer.overlap, device))
+            with mlflow.start_run(run_id=result.run_id, nested=True):
+                mlflow.log_metrics({"test_dice": test_dice, "test_iou": test_iou})
+            rows.append({"variant": variant, "test_dice": test_dice, "test_iou": test_iou,
+                         "best_val_dice": result.best_val_dice, "parameters": result.parameters,
+                         "seconds_per_epoch": result.seconds_per_epoch, "peak_memory_mb": result.peak_memory_mb,
+                         "run_id": result.run_id})
+        mlflow.log_table({c: [r[c] for r in rows] for c in (*COLUMNS, "run_id")}, "comparison.json")
+        mlflow.log_text(format_table(rows), "comparison.md")
+    out = root / "outputs" / "compare"
+    write_json(out / "comparison.json", rows)
+    buffer = io.StringIO(format_table(rows))
+    write_text(out / "comparison.md", buffer.getvalue() + "\n")
+    return rows

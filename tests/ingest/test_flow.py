@@ -1,0 +1,55 @@
+"""The ingest flow through the CLI: summary table, exit status, --strict; DVC push/pull of the dataset."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import BIN, run
+from tests.ingest.makers import save_nifti
+
+
+def inbox(root: Path, bad: bool = True) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        label = np.zeros((16, 16, 1), np.uint8)
+        label[4:9, 3:10] = 1
+        save_nifti(rng.normal(size=(16, 16, 1)).astype(np.float32), root / "data" / "imagesTr" / f"{name}.nii.gz")
+        save_nifti(label, root / "data" / "labelsTr" / f"{name}.nii.gz")
+    if bad:
+        save_nifti(rng.normal(size=(16, 16, 1)).astype(np.float32), root / "data" / "imagesTr" / "lonely.nii.gz")
+
+
+def test_cli_prints_summary_and_fails_only_when_nothing_or_strict(tmp_path):
+    """One CLI run (Prefect start-up is the slow part); the non-strict exit 0 is shown by the DVC test's repro."""
+    inbox(tmp_path)
+    done = run([str(BIN / "unetflow"), "ingest", "--root", str(tmp_path), "--strict",
+                "--set", "data.instance_labels=false"], tmp_path, tmp_path, check=False)
+    output = done.stdout + done.stderr
+    assert "2 accepted, 1 rejected" in output and "lonely.nii.gz: no label in labelsTr/" in output
+    assert done.returncode != 0 and "1 cases rejected, 2 accepted" in output
+    assert (tmp_path / "outputs" / "dataset" / "imagesTr" / "a.nii.gz").exists()  # the good cases still landed
+
+
+def sha_tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_dvc_push_then_pull_in_a_fresh_clone_restores_the_dataset(project: Path, tmp_path: Path):
+    inbox(project, bad=False)
+    dvc = str(BIN / "dvc")
+    run([dvc, "add", "-q", "data"], project, tmp_path)
+    run([dvc, "repro", "-q", "ingest"], project, tmp_path)
+    run([dvc, "push", "-q"], project, tmp_path)
+    run(["git", "add", "-A"], project, tmp_path)
+    run(["git", "commit", "-qm", "data + ingest"], project, tmp_path)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path, tmp_path)
+    run([dvc, "pull", "-q", "data.dvc", "ingest"], clone, tmp_path)  # later stages never ran here
+    assert sha_tree(clone / "outputs" / "dataset") == sha_tree(project / "outputs" / "dataset")
+    assert (clone / "outputs" / "dataset" / "dataset.json").exists()
+    status = run([dvc, "status", "ingest"], clone, tmp_path)
+    assert "up to date" in status.stdout.lower() or status.stdout.strip() == ""

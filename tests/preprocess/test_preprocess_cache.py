@@ -1,0 +1,70 @@
+"""Weight maps are computed once and cached by label hash + w0/σ: exactly those changes recompute them."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+
+from tests.preprocess.conftest import TINY, make_params, preprocess, write_case, write_manifest
+
+
+def weights(root, plan) -> dict[str, np.ndarray]:
+    cases = root / "outputs" / "preprocessed" / "cases"
+    ids = plan["split"]["train"] + plan["split"]["val"] + plan["split"]["test"]
+    return {case_id: np.load(cases / f"{case_id}.npz")["weight"] for case_id in ids}
+
+
+def computed(results) -> set[str]:
+    return {r["case_id"] for r in results if r["weight_map_cached"] is False}
+
+
+def test_cache_recomputes_on_sigma_and_on_a_changed_label_only(tiny_project):
+    root, params = tiny_project()
+    plan, results = preprocess(root, params)
+    all_ids = {r["case_id"] for r in results}
+    assert len(all_ids) == TINY.n_train and computed(results) == all_ids  # first run: every map computed
+    before = weights(root, plan)
+    assert all(w.max() > 2.0 for w in before.values())  # touching cells: border term present
+
+    _, results = preprocess(root, params)
+    assert computed(results) == set()  # same inputs: every map from the cache
+
+    # 1. sigma changed: a cache miss for every case, and the maps really change.
+    sharper = make_params(preprocess={"sigma": 2.0})
+    plan, results = preprocess(root, sharper)
+    assert computed(results) == all_ids
+    after = weights(root, plan)
+    assert all(not np.allclose(before[i], after[i]) for i in all_ids)
+
+    # 2. one label file changed (a cell removed), manifest rewritten: only that case is recomputed.
+    victim = sorted(all_ids)[1]
+    dataset = root / "outputs" / "dataset"
+    instances = np.asarray(nib.load(str(dataset / "instancesTr" / f"{victim}.nii.gz")).dataobj)[..., 0].copy()
+    image = np.asarray(nib.load(str(dataset / "imagesTr" / f"{victim}.nii.gz")).dataobj)[..., 0]
+    instances[instances == instances.max()] = 0
+    write_case(dataset, victim, image, instances)
+    write_manifest(dataset)
+    plan, results = preprocess(root, sharper)
+    assert computed(results) == {victim}
+    changed = weights(root, plan)
+    assert not np.allclose(changed[victim], after[victim])
+    assert all(np.array_equal(changed[i], after[i]) for i in all_ids - {victim})
+
+    # 3. unrelated settings (training length, normalisation, model) hit the cache for every case.
+    unrelated = make_params(preprocess={"sigma": 2.0, "normalization": "none"}, train={"epochs": 3},
+                            model={"features": [4, 8, 16]})
+    plan, results = preprocess(root, unrelated)
+    assert computed(results) == set()
+    assert plan["normalization"] == {"channels": [{"scheme": "none"}]}
+    assert all(np.array_equal(w, changed[i]) for i, w in weights(root, plan).items())
+
+
+def test_damaged_cache_entry_is_recomputed(tiny_project):
+    root, params = tiny_project()
+    _, results = preprocess(root, params)
+    entries = sorted((root / params.preprocess.weight_map_cache).glob("*.npy"))
+    assert len(entries) == len(results)
+    entries[0].write_bytes(b"not an array")
+    _, results = preprocess(root, params)
+    assert len(computed(results)) == 1
+    np.load(entries[0])  # rewritten, readable again

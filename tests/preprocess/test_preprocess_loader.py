@@ -1,0 +1,154 @@
+"""Training transforms built from params keep image, label and weight map aligned; the loader feeds
+the pixel-weighted CE with a weight map that matches the label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from monai.data import CacheDataset
+from scipy import ndimage
+
+from monai_ext.losses import build_loss
+from monai_ext.transforms import RandUNetElasticd, unet_weight_map
+from tasks.config import AugmentConfig, validate_params
+from tasks.data import (
+    case_records,
+    load_cases,
+    training_dataset,
+    training_loader,
+    training_transforms,
+    validation_transforms,
+)
+from tests.preprocess.conftest import preprocess
+
+REPO = Path(__file__).resolve().parents[2]
+STILL = {"flip_prob": 0.0, "rotate90_prob": 0.0, "intensity_scale_prob": 0.0, "intensity_shift_prob": 0.0,
+         "noise_prob": 0.0}
+
+
+def balls(shape: tuple[int, ...], radius: int, pitch: int) -> np.ndarray:
+    """Instances on a regular grid, separated by thin background gaps (2D discs or 3D balls)."""
+    grid = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    centres = np.stack(np.meshgrid(*[np.arange(pitch // 2, s, pitch) for s in shape], indexing="ij"), -1)
+    for k, centre in enumerate(centres.reshape(-1, len(shape)), start=1):
+        dist2 = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True))
+        labels[dist2 <= radius**2] = k
+    return labels
+
+
+def marker_item(instances: np.ndarray) -> dict[str, np.ndarray]:
+    """Image = the label as float, so a bilinear image and a nearest label must still agree."""
+    binary = (instances > 0).astype(np.uint8)
+    return {"image": binary[None].astype(np.float32), "label": binary[None],
+            "weight": unet_weight_map(instances, class_weights=None)[None]}  # w_c = 1: interiors exactly 1
+
+
+@pytest.mark.parametrize(("dims", "shape", "patch", "radius", "pitch", "sigma"),
+                         [(2, (64, 64), [48, 48], 7, 16, 8.0), (3, (36, 36, 24), [24, 24, 16], 5, 12, 4.0)])
+def test_monai_elastic_from_params_keeps_image_label_weight_aligned(dims, shape, patch, radius, pitch, sigma):
+    instances = balls(shape, radius, pitch)
+    plan = {"spatial_dims": dims, "patch_size": patch, "weight_maps": True}
+    config = AugmentConfig(elastic="monai", elastic_prob=1.0, elastic_sigma=sigma, elastic_magnitude=(2.0, 3.0),
+                           **STILL)
+    transform = training_transforms(plan, config)
+    names = [type(t).__name__ for t in transform.transforms]
+    assert f"Rand{dims}DElasticd" in names  # chosen by the plan's spatial dims
+    transform.set_random_state(11)
+    out = transform(marker_item(instances))[0]
+    image, label, weight = (out[key].numpy()[0] for key in ("image", "label", "weight"))
+    assert image.shape == label.shape == weight.shape == tuple(patch)
+    assert set(np.unique(label).tolist()) <= {0, 1}  # nearest keeps the label set
+    assert ((image > 0.01) & (image < 0.99)).mean() > 0.01  # it did deform (bilinear made partial voxels)
+    assert (np.round(image) == label).mean() > 0.97  # one field for image and label
+    interior = ndimage.binary_erosion(label > 0, iterations=3)
+    assert interior.any() and np.abs(weight[interior] - 1).max() < 1e-3  # weight moved with the label
+    # the weight's ridges follow the deformed gaps: recompute it from the deformed label (objects split
+    # at the gaps), compare away from the patch border where cut-off objects change distances
+    recomputed = unet_weight_map(label, class_weights=None, labels_are_instances=False)
+    centre = tuple(slice(s // 6, s - s // 6) for s in patch)
+    assert np.corrcoef(recomputed[centre].ravel(), weight[centre].ravel())[0, 1] > 0.8
+
+
+def test_paper_elastic_and_disabled_augmentation_from_params():
+    plan = {"spatial_dims": 2, "patch_size": [32, 32], "weight_maps": True}
+    paper = training_transforms(plan, AugmentConfig(elastic="paper", grid=3, sigma_px=10.0))
+    elastic = [t for t in paper.transforms if isinstance(t, RandUNetElasticd)]
+    assert len(elastic) == 1 and elastic[0].sigma_px == 10.0 and elastic[0].orders == [1, 0, 1]
+    off = training_transforms(plan, False)  # the old boolean form still works
+    assert [type(t).__name__ for t in off.transforms] == ["LoadPreprocessedd", "SpatialPadd", "EnsureTyped",
+                                                          "RandCropByPosNegLabeld", "EnsureTyped"]
+    # rot90 only in a plane where the patch is square, so batches of anisotropic 3D patches still collate
+    anisotropic = training_transforms({"spatial_dims": 3, "patch_size": [16, 24, 24], "weight_maps": False})
+    rot = [t for t in anisotropic.transforms if type(t).__name__ == "RandRotate90d"]
+    assert rot and rot[0].spatial_axes == (1, 2)
+
+
+@pytest.fixture
+def preprocessed(tiny_project):
+    root, params = tiny_project(preprocess={"class_weights": "balanced"})
+    plan, _ = preprocess(root, params)
+    return root, params, plan
+
+
+def test_loader_batches_carry_weight_maps_aligned_with_labels_and_feed_weighted_ce(preprocessed):
+    root, params, plan = preprocessed
+    items = load_cases(root / params.preprocess.output_dir, plan["split"]["train"])
+    torch.manual_seed(0)
+    loader = training_loader(items, plan, 2, params.train.augment)  # what tasks/train.py calls
+    assert isinstance(loader.dataset, CacheDataset)  # deterministic part cached (loader_cache: memory)
+    batches = list(loader)
+    assert batches
+    for batch in batches:
+        label, weight = batch["label"].numpy(), batch["weight"].numpy()
+        assert weight.shape == label.shape == (2, 1, *plan["patch_size"])
+        for lab, wmap in zip(label, weight, strict=True):
+            # balanced w_c + border term on background only: every foreground voxel carries the one
+            # foreground class weight, and the touching-cell ridges (largest weights) lie on background
+            if (lab == 1).any():
+                assert np.ptp(wmap[lab == 1]) < 1e-5
+                assert wmap[lab == 0].max() > wmap[lab == 1].max() + 1.0
+    batch = batches[0]
+    logits = torch.randn(2, plan["num_classes"], *plan["patch_size"], generator=torch.Generator().manual_seed(0))
+    target = batch["label"].long()
+    weighted = build_loss("wce")(logits, target, batch["weight"])
+    plain = build_loss("ce")(logits, target, batch["weight"])
+    assert torch.isfinite(weighted) and not torch.isclose(weighted, plain)
+    with pytest.raises(ValueError, match="weight map"):
+        build_loss("wce")(logits, target, None)
+
+
+def test_uncached_loader_reads_npz_files_and_workers_run_the_random_part(preprocessed):
+    root, params, plan = preprocessed
+    records = case_records(root / params.preprocess.output_dir, plan["split"]["train"])
+    uncached = AugmentConfig(loader_cache="none", loader_workers=1)
+    assert not isinstance(training_dataset(records, plan, uncached), CacheDataset)
+    loader = training_loader(records, plan, 2, uncached)
+    assert loader.num_workers == 1
+    batch = next(iter(loader))
+    assert set(batch) >= {"image", "label", "weight"} and batch["image"].shape[2:] == tuple(plan["patch_size"])
+
+
+def test_validation_transforms_are_deterministic(preprocessed):
+    root, params, plan = preprocessed
+    record = case_records(root / params.preprocess.output_dir, plan["split"]["val"])[0]
+    arrays = load_cases(root / params.preprocess.output_dir, plan["split"]["val"])[0]
+    first, second = validation_transforms(plan)(record), validation_transforms(plan)(record)
+    for key in ("image", "label", "weight"):
+        np.testing.assert_array_equal(first[key].numpy(), arrays[key])
+        np.testing.assert_array_equal(first[key].numpy(), second[key].numpy())
+
+
+def test_augment_config_is_spelled_out_and_accepts_the_old_boolean():
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    assert set(on_disk["train"]["augment"]) == set(AugmentConfig.model_fields)
+    assert set(on_disk["preprocess"]) == set(validate_params({}).preprocess.model_fields)
+    assert validate_params({"train": {"augment": False}}).train.augment.enabled is False
+    assert validate_params({"train": {"augment": {"elastic": "paper"}}}).train.augment.elastic == "paper"
+    with pytest.raises(ValueError, match="elastic"):
+        validate_params({"train": {"augment": {"elastic": "sideways"}}})
+    assert "train.augment.elastic" in validate_params({}).flat()

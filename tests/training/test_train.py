@@ -1,0 +1,165 @@
+"""Training on CPU with a real MLflow store: tracking, registry, resume after SIGKILL, promotion."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from tasks.compare import compare_variants
+from tasks.config import Params
+from tasks.model_package import load_checkpoint, load_model
+from tasks.registry import decide_promotion, promote_if_better
+from tasks.tracking import TrackingError, configure_tracking
+from tasks.train import train_model
+
+
+def test_two_epochs_tracked_and_registered(trained_project):
+    root, params = trained_project
+    result = train_model(params, root)
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.name"] == "unet"
+    assert run.data.tags["variant"] == "unet" and "git_commit" in run.data.tags
+    for metric in ("train_loss", "val_dice", "val_dice_1", "lr"):
+        assert [m.step for m in client.get_metric_history(result.run_id, metric)] == [0, 1], metric
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"plan.json", "params.yaml", "resolved_params.json", "plots", "overlays"} <= artifacts
+    assert {a.path for a in client.list_artifacts(result.run_id, "plots")} == {"plots/learning_curve.png"}
+    version = client.get_model_version_by_alias(params.tracking.model_name, "candidate")
+    assert str(version.version) == result.registered_version and version.run_id == result.run_id
+    model, plan = load_model(f"models:/{params.tracking.model_name}@candidate")
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 37, 53)).shape == (1, 2, 37, 53)  # not the logged size
+    assert plan["patch_size"] == [48, 48]
+    # The checkpoint holds what resuming needs and loads with weights_only=True.
+    state = load_checkpoint(root / params.train.output_dir / "checkpoint.pt")
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "run_id", "epoch"} <= set(state)
+
+
+SCRIPT = """
+import sys, time
+from pathlib import Path
+import tasks.train as t
+from tasks.config import load_params
+root = Path(sys.argv[1])
+params = load_params(root / "params.yaml")
+original = t.run_epoch
+def slow_epoch(*args, **kwargs):  # each epoch takes long enough to be killed in the middle of one
+    time.sleep(0.6)
+    return original(*args, **kwargs)
+t.run_epoch = slow_epoch
+t.train_model(params, root, resume=len(sys.argv) > 2)
+"""
+
+
+def test_sigkill_mid_epoch_then_resume_continues_the_same_run(trained_project, tmp_path):
+    root, params = trained_project
+    params_file = root / "params.yaml"
+    params_file.write_text(params_file.read_text().replace("epochs: 2", "epochs: 5"))
+    script = tmp_path / "train_slowly.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    process = subprocess.Popen([sys.executable, str(script), str(root)], env=env, cwd=root)
+    checkpoint = root / "outputs" / "model" / "checkpoint.pt"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint.exists() and load_checkpoint(checkpoint)["epoch"] >= 1:
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)  # inside the next epoch's sleep/steps
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = load_checkpoint(checkpoint)["epoch"]
+    assert 1 <= killed_at < 4, "the run must be killed mid-way"
+    run_id = load_checkpoint(checkpoint)["run_id"]
+
+    subprocess.run([sys.executable, str(script), str(root), "--resume"], env=env, cwd=root, check=True, timeout=300)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("unetflow").experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]  # the same run, not a new one
+    assert runs[0].info.status == "FINISHED"
+    steps = sorted({m.step for m in client.get_metric_history(run_id, "train_loss")})
+    assert steps == [0, 1, 2, 3, 4]
+    assert load_checkpoint(checkpoint)["epoch"] == 4
+
+
+def test_promotion_is_refused_for_a_worse_model(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'store.db'}")
+    mlflow.set_experiment("promotion")
+    client = MlflowClient()
+    client.create_registered_model("seg")
+    versions = []
+    for dice in (0.9, 0.8, 0.95):
+        with mlflow.start_run() as run:
+            mlflow.log_metric("test_dice", dice)
+        versions.append((client.create_model_version("seg", f"runs:/{run.info.run_id}/m", run.info.run_id), dice))
+    first = promote_if_better("seg", versions[0][0].version, versions[0][0].run_id, 0.9)
+    assert first.promoted
+    worse = promote_if_better("seg", versions[1][0].version, versions[1][0].run_id, 0.8)
+    assert not worse.promoted and "does not beat" in worse.reason
+    assert int(client.get_model_version_by_alias("seg", "champion").version) == int(versions[0][0].version)
+    assert client.get_run(versions[1][0].run_id).data.tags["unetflow.promoted"] == "false"
+    better = promote_if_better("seg", versions[2][0].version, versions[2][0].run_id, 0.95)
+    assert better.promoted
+    assert int(client.get_model_version_by_alias("seg", "champion").version) == int(versions[2][0].version)
+    assert decide_promotion(0.5, 0.5)[0] is False  # a tie keeps the champion
+
+
+@pytest.mark.parametrize("field", ["uri", "artifact_root"])
+def test_misconfigured_tracking_fails_before_training(trained_project, field):
+    root, params = trained_project
+    blocker = root / "a_file"
+    blocker.write_text("")
+    value = f"sqlite:///{blocker}/store.db" if field == "uri" else str(blocker / "artifacts")
+    bad = params.model_copy(update={"tracking": params.tracking.model_copy(update={field: value})})
+    with pytest.raises(TrackingError, match=str(blocker)):
+        configure_tracking(bad.tracking, root)
+    with pytest.raises(TrackingError):
+        train_model(bad, root)
+    assert not (root / "outputs" / "model" / "checkpoint.pt").exists()
+
+
+def test_compare_two_variants_nested_runs_and_table(trained_project):
+    root, params = trained_project
+    one_epoch = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 1})})
+    rows = compare_variants(Params.model_validate(one_epoch.model_dump()), root, ["unet", "res_unet"])
+    assert [r["variant"] for r in rows] == ["unet", "res_unet"]
+    assert rows[0]["parameters"] != rows[1]["parameters"]
+    assert all(np.isfinite(r["test_dice"]) and r["seconds_per_epoch"] > 0 for r in rows)
+    client = MlflowClient()
+    children = [client.get_run(r["run_id"]) for r in rows]
+    parents = {c.data.tags["mlflow.parentRunId"] for c in children}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.data.params["variants"] == "unet,res_unet"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"comparison.json", "comparison.md"}
+    assert "res_unet" in (root / "outputs" / "compare" / "comparison.md").read_text()
+
+
+def test_ddp_with_gloo_on_two_cpu_processes(trained_project):
+    """torchrun, 2 processes, gloo: one MLflow run (rank 0 only), every case trained on by some rank."""
+    root, params = trained_project
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "tasks.distributed", "--root", str(root), "--params", "params.yaml"],
+                   cwd=root, env=env, check=True, timeout=300)
+    info = __import__("json").loads((root / "outputs" / "model" / "train.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("unetflow").experiment_id])
+    assert [r.info.run_id for r in runs] == [info["run_id"]]
+    assert runs[0].data.params["world_size"] == "2"
+    assert [m.step for m in client.get_metric_history(info["run_id"], "train_loss")] == [0, 1]
+    model, _ = load_model(info["checkpoint"])
+    assert not any("SyncBatchNorm" in type(m).__name__ for m in model.modules())
