@@ -84,11 +84,19 @@ def infer(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), se
           model: Annotated[str | None, typer.Option(help="models:/NAME@alias, runs:/ID/model or a .pt file.")]
           = None,
           input: Annotated[str | None, typer.Option("--input", "-i", help="Folder of studies.")] = None,
-          output: Annotated[str | None, typer.Option("--output", "-o", help="Folder for masks.")] = None) -> None:
+          output: Annotated[str | None, typer.Option("--output", "-o", help="Folder for masks.")] = None,
+          device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (infer.device).")] = None,
+          tta: Annotated[bool | None, typer.Option(help="Mirroring test-time augmentation.")] = None,
+          cgm_threshold: Annotated[float | None, typer.Option(help="CGM presence threshold.")] = None,
+          runner: Annotated[str | None, typer.Option(help="threads or dask (infer.runner).")] = None,
+          workers: Annotated[int | None, typer.Option(help="Cases segmented at once.")] = None) -> None:
     """Segment a folder of new studies."""
     from flows.infer import infer_flow
 
-    _show(infer_flow(**_checked(root, params, set), model=model, input=input, output=output))
+    flags = {"device": device, "mirror_tta": tta, "cgm_threshold": cgm_threshold, "runner": runner,
+             "workers": workers}
+    overrides = [*(set or []), *(f"infer.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
+    _show(infer_flow(**_checked(root, params, overrides), model=model, input=input, output=output))
 
 
 @app.command()
