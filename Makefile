@@ -17,7 +17,7 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || 
 # Elsewhere without a GPU, point it at PyTorch's CPU index: make setup TORCH_CPU_INDEX="--index-url URL".
 TORCH_CPU_INDEX ?=
 
-.PHONY: setup demo test lint clean mlflow-ui
+.PHONY: setup demo test lint clean mlflow-ui serve serve-stop
 
 setup: $(STAMP)
 
@@ -42,11 +42,23 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# The MLflow UI over this project's store (runs of every variant side by side).
+# The MLflow UI over this project's store (runs of every variant side by side), on loopback only.
+# MLFLOW_ROOT: the project folder whose mlruns.db / mlartifacts/ it shows (default: this one).
 MLFLOW_PORT ?= 5000
+MLFLOW_ROOT ?= $(CURDIR)
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db \
-	  --default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_ROOT))/mlruns.db \
+	  --default-artifact-root $(abspath $(MLFLOW_ROOT))/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# A local Prefect server on 127.0.0.1:$(PREFECT_PORT) + the deployments of prefect.yaml + a process
+# worker, in the foreground (flows/serve.py). Stop it with Ctrl-C or `make serve-stop` from another
+# shell: the worker stops before the server, schedules stay active. PIDs and logs: outputs/serve/.
+PREFECT_PORT ?= 4200
+serve: setup
+	$(BIN)/python -m flows.serve start --root $(CURDIR) --port $(PREFECT_PORT)
+
+serve-stop:
+	$(BIN)/python -m flows.serve stop --root $(CURDIR)
 
 clean:
 	rm -rf outputs mlruns.db mlartifacts data
