@@ -41,9 +41,8 @@ def project(tmp_path: Path) -> Path:
     root.mkdir()
     for name in ("flows", "tasks", "monai_ext"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):  # the repository's own ignores
         shutil.copy(REPO / name, root / name)
-    (root / ".gitignore").write_text("/outputs/\n/mlruns.db\n/mlartifacts/\n/dvc-remote/\n")
     run(["git", "init", "-q"], root, tmp_path)
     run(["git", "config", "user.email", "ci@example.org"], root, tmp_path)
     run(["git", "config", "user.name", "ci"], root, tmp_path)
