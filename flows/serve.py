@@ -86,7 +86,10 @@ def alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    try:  # an exited child of another process that has not reaped it yet is not running
+        return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1][:4]
+    except (OSError, IndexError):
+        return True
 
 
 def is_ours(pid: int, marker: str) -> bool:

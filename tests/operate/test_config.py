@@ -1,0 +1,82 @@
+"""Fast checks of what operators rely on: prefect.yaml's deployments fit the flows, and the Makefile's
+operate targets run flows/serve.py and the MLflow UI on loopback."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import subprocess
+import sys
+from importlib import import_module
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+
+def deployments() -> dict[str, dict]:
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    return {d["name"]: d for d in config["deployments"]}
+
+
+def flow_of(entrypoint: str):  # noqa: ANN201
+    path, name = entrypoint.split(":")
+    return getattr(import_module(path.removesuffix(".py").replace("/", ".")), name)
+
+
+def test_prefect_yaml_deployments_match_the_flows() -> None:
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    (pull,) = config["pull"]
+    assert pull["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $UNETFLOW_ROOT }}"
+    found = deployments()
+    assert set(found) == {"scheduled", "hospital-batch"}
+    for deployment in found.values():
+        flow = flow_of(deployment["entrypoint"])
+        assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+        assert deployment["work_pool"]["name"] == "unetflow"
+    assert flow_of(found["scheduled"]["entrypoint"]).name == "retrain"
+    assert flow_of(found["hospital-batch"]["entrypoint"]).name == "infer"
+
+    scheduled = found["scheduled"]
+    (schedule,) = scheduled["schedules"]
+    assert schedule["cron"] == "0 2 * * *" and schedule["timezone"] and schedule["active"] is True
+    assert scheduled["concurrency_limit"]["limit"] == 1  # at most one retrain at a time…
+    assert scheduled["concurrency_limit"]["collision_strategy"] == "ENQUEUE"  # …and none dropped
+    batch = found["hospital-batch"]
+    assert {"input", "output"} <= set(batch["parameters"])
+    assert "schedules" not in batch
+
+
+def test_make_targets_serve_on_loopback() -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "-C", str(REPO), "-o", ".venv/.unetflow-installed",
+                          "serve", "serve-stop", "mlflow-ui", "PREFECT_PORT=4999", "MLFLOW_PORT=5999"],
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout
+    assert f"-m flows.serve start --root {REPO} --port 4999" in lines
+    assert f"-m flows.serve stop --root {REPO}" in lines
+    assert "mlflow ui --backend-store-uri sqlite:///" in lines and "--host 127.0.0.1 --port 5999" in lines
+    assert "MLFLOW_DISABLE_TELEMETRY=true" in lines
+
+
+def test_serve_stop_with_nothing_running_is_a_no_op(tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-m", "flows.serve", "stop", "--root", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "nothing left running" in done.stdout, done.stdout + done.stderr
+
+
+def test_serve_start_refuses_a_busy_port(tmp_path) -> None:
+    import socket
+
+    shutil.copy(REPO / "prefect.yaml", tmp_path / "prefect.yaml")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "flows.serve", "start", "--root", str(tmp_path), "--port",
+                               str(port)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"port {port}" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "outputs" / "serve" / "serve.pid").exists()
