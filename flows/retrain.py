@@ -15,13 +15,14 @@ from tasks.tracking import configure_tracking
 
 @flow(name="retrain", log_prints=True)
 def retrain_flow(root: str = ".", params_file: str | None = "params.yaml",
-                 overrides: list[str] | None = None) -> dict:
+                 overrides: list[str] | None = None, nproc: int = 1) -> dict:
+    """``nproc`` > 1 trains with DDP in that many torchrun processes (e.g. ``--param nproc=4``)."""
     root_path, params = project(root, params_file, overrides)
     configure_tracking(params.tracking, root_path)  # a bad store fails before ingest, not after training
     stage_args = {"root": str(root_path), "params_file": params_file, "overrides": overrides}
     ingest = ingest_flow(**stage_args)
     preprocess = preprocess_flow(**stage_args)
-    trained = train_flow(**stage_args)
+    trained = train_flow(**stage_args, nproc=nproc)
     evaluated = evaluate_flow(**stage_args)
     decision = promote_if_better(params.tracking.model_name, trained["registered_version"],
                                  trained["run_id"], evaluated["test_dice"])

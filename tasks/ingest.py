@@ -209,7 +209,8 @@ def read_label(source: CaseSource, plan: Any, image_shape: tuple[int, ...], imag
             raise CaseRejected(f"{name}: label values are not integers")
     elif not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
         raise CaseRejected(f"{name}: label voxels are not numbers ({data.dtype})")
-    data = data.astype(np.int64)
+    if not np.issubdtype(data.dtype, np.integer):  # floats holding integers, or bool; integer labels stay as they are
+        data = data.astype(np.int64)
     if data.size and data.min() < 0:
         raise CaseRejected(f"{name}: negative label values {sorted(set(np.unique(data[data < 0]).tolist()))[:5]}")
     return data
@@ -242,12 +243,26 @@ def _save_if_changed(data: np.ndarray, affine: np.ndarray, target: Path) -> bool
     return True
 
 
+def label_values(label: np.ndarray) -> set[int]:
+    """The distinct values of a non-negative integer label: one counting pass, no sort.
+
+    ``np.unique`` sorts (and first flattens) the whole volume — seconds for a CT — while class labels
+    are small integers that ``bincount`` tallies in one pass over the voxels as they lie in memory.
+    """
+    if label.size == 0:
+        return set()
+    top = int(label.max())
+    if top >= 1 << 20:
+        return set(np.unique(label).tolist())
+    return set(np.flatnonzero(np.bincount(label.ravel(order="K"), minlength=top + 1)).tolist())
+
+
 def _label_arrays(label: np.ndarray, name: str, settings: IngestSettings) -> tuple[np.ndarray, np.ndarray | None]:
     if settings.instance_labels:
         top = int(label.max()) if label.size else 0
         return (label > 0).astype(np.uint8), label.astype(np.uint16 if top < 65536 else np.int32)
     allowed = set(settings.label_names.values())
-    found = set(np.unique(label).tolist())
+    found = label_values(label)
     if not found <= allowed:
         raise CaseRejected(f"{name}: label values {sorted(found - allowed)[:10]} outside the declared classes "
                            f"{sorted(allowed)}")
