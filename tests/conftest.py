@@ -27,10 +27,13 @@ def cli_env(home: Path) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, home: Path, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=cwd, env=cli_env(home), capture_output=True, text=True, encoding="utf-8", timeout=timeout)
+def run(cmd: list[str], cwd: Path, home: Path, timeout: int = 600,
+        check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, env=cli_env(home), capture_output=True, text=True, encoding="utf-8",
+                          timeout=timeout)
     if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n"
+                             f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     return done
 
 

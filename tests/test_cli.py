@@ -6,7 +6,8 @@ BIN = Path(sys.executable).parent
 
 
 def test_help_lists_every_subcommand():
-    out = subprocess.run([str(BIN / "unetflow"), "--help"], capture_output=True, text=True, encoding="utf-8", check=True).stdout
+    out = subprocess.run([str(BIN / "unetflow"), "--help"], capture_output=True, text=True, encoding="utf-8",
+                         check=True).stdout
     for command in ("demo", "ingest", "preprocess", "train", "evaluate", "infer", "retrain"):
         assert command in out
 
