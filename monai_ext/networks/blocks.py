@@ -49,6 +49,19 @@ def interp_mode(spatial_dims: int) -> str:
     return {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
 
 
+def add_norm_act_dropout(block: nn.Sequential, spatial_dims: int, channels: int, norm: NormSpec, act: ActSpec,
+                         dropout: float) -> None:
+    """Append the optional norm → activation → dropout that follows a (transposed) convolution."""
+    norm_layer = make_norm(norm, spatial_dims, channels)
+    if norm_layer is not None:
+        block.add_module("norm", norm_layer)
+    act_layer = make_act(act)
+    if act_layer is not None:
+        block.add_module("act", act_layer)
+    if dropout:
+        block.add_module("dropout", Dropout[Dropout.DROPOUT, spatial_dims](dropout))
+
+
 class ConvNormAct(nn.Sequential):
     """conv -> [norm] -> [act] -> [dropout]: the unit every other block is made of."""
 
@@ -82,14 +95,7 @@ class ConvNormAct(nn.Sequential):
                 bias=bias,
             ),
         )
-        norm_layer = make_norm(norm, spatial_dims, out_channels)
-        if norm_layer is not None:
-            self.add_module("norm", norm_layer)
-        act_layer = make_act(act)
-        if act_layer is not None:
-            self.add_module("act", act_layer)
-        if dropout:
-            self.add_module("dropout", Dropout[Dropout.DROPOUT, spatial_dims](dropout))
+        add_norm_act_dropout(self, spatial_dims, out_channels, norm, act, dropout)
 
 
 class DoubleConv(nn.Sequential):

@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from monai.networks.layers.factories import Dropout
 from torch import nn
 
 from .base import SegmentationNetwork
-from .blocks import ActSpec, NormSpec, ResidualUnit, SegHead, UpSample, check_features, make_act, make_norm
+from .blocks import ActSpec, NormSpec, ResidualUnit, SegHead, UpSample, add_norm_act_dropout, check_features
 
 __all__ = ["ResUNet"]
 
@@ -53,14 +52,7 @@ class _UpStage(nn.Sequential):
         self.add_module(
             "up", UpSample(spatial_dims, in_channels, out_channels, upsample, kernel_size=up_kernel_size, bias=bias)
         )
-        norm_layer = make_norm(norm, spatial_dims, out_channels)
-        if norm_layer is not None:
-            self.add_module("norm", norm_layer)
-        act_layer = make_act(act)
-        if act_layer is not None:
-            self.add_module("act", act_layer)
-        if dropout:
-            self.add_module("dropout", Dropout[Dropout.DROPOUT, spatial_dims](dropout))
+        add_norm_act_dropout(self, spatial_dims, out_channels, norm, act, dropout)
         self.add_module(
             "unit",
             ResidualUnit(
