@@ -10,14 +10,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import torch
-
 from tasks.atomic import write_json, write_text
 from tasks.config import Params
 from tasks.data import load_cases
 from tasks.evaluate import score_cases, summarize
 from tasks.model_package import load_model
-from tasks.train import train_model
+from tasks.train import pick_device, train_model
 
 COLUMNS = ("variant", "test_dice", "test_iou", "best_val_dice", "parameters", "seconds_per_epoch", "peak_memory_mb")
 
@@ -44,7 +42,7 @@ def compare_variants(params: Params, root: Path, variants: list[str]) -> list[di
     candidates = [variant_params(params, v) for v in variants]
     for candidate in candidates:
         Params.model_validate(candidate.model_dump())
-    device = torch.device("cuda" if torch.cuda.is_available() and params.train.device != "cpu" else "cpu")
+    device = pick_device(params.train.device)
     rows = []
     with mlflow.start_run(run_name=f"compare {','.join(variants)}") as parent:
         mlflow.set_tag("unetflow.stage", "compare")

@@ -16,6 +16,7 @@ from tasks.config import Params
 from tasks.data import load_cases
 from tasks.inference import dice_per_class, hd95_per_class, iou_per_class, predict_labels
 from tasks.model_package import load_model
+from tasks.train import pick_device
 
 
 @dataclass
@@ -60,7 +61,7 @@ def evaluate_model(params: Params, root: Path) -> EvaluationResult:
     configure_tracking(params.tracking, root)
     train_info = json.loads((root / params.train.output_dir / "train.json").read_text(encoding="utf-8"))
     model, plan = load_model(str(root / params.train.output_dir / "model.pt"))
-    device = torch.device("cuda" if torch.cuda.is_available() and params.train.device != "cpu" else "cpu")
+    device = pick_device(params.train.device)
     items = load_cases(root / params.preprocess.output_dir, plan["split"]["test"])
     manifest = json.loads((root / params.data.dataset_dir / "dataset.json").read_text(encoding="utf-8"))
     spacing = {case["case_id"]: case["spacing"][: plan["spatial_dims"]] for case in manifest["cases"]}

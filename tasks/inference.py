@@ -15,23 +15,6 @@ def roi_size_for(plan: dict[str, Any], roi_size: tuple[int, ...] | None = None) 
     return tuple(roi_size) if roi_size else tuple(plan["patch_size"])
 
 
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, image: np.ndarray | torch.Tensor, roi_size: tuple[int, ...],
-                          overlap: float = 0.25, sw_batch_size: int = 4,
-                          device: torch.device | str = "cpu") -> torch.Tensor:
-    """Softmax probabilities C×… for a channel-first image, windows blended with a Gaussian.
-
-    The stitched volume lives on the CPU (``sw_device`` on the model's device, ``device`` CPU), so a
-    large volume never needs a full-size buffer per class on the GPU.
-    """
-    tensor = torch.as_tensor(image, dtype=torch.float32)[None]
-    model.eval()
-    logits = sliding_window_inference(
-        tensor, roi_size=roi_size, sw_batch_size=sw_batch_size, predictor=model, overlap=overlap,
-        mode="gaussian", padding_mode="constant", sw_device=device, device="cpu")
-    return torch.softmax(logits[0].float(), dim=0)
-
-
 @dataclass(frozen=True)
 class WindowSettings:
     """How batch inference runs the windows (a plain value, cheap to send to any worker)."""
@@ -135,7 +118,13 @@ def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings
 def predict_labels(model: nn.Module, image: np.ndarray | torch.Tensor, roi_size: tuple[int, ...],
                    overlap: float = 0.25, sw_batch_size: int = 4,
                    device: torch.device | str = "cpu") -> np.ndarray:
-    probabilities = predict_probabilities(model, image, roi_size, overlap, sw_batch_size, device)
+    """The argmax label map through the same windows as batch inference (no TTA, no CGM gate).
+
+    Validation and test metrics are thereby measured on exactly what ``unetflow infer`` produces.
+    """
+    settings = WindowSettings(roi_size=tuple(roi_size), overlap=overlap, sw_batch_size=sw_batch_size, amp=False,
+                              stitch_device="cpu")
+    probabilities = predict_windows(model, image, settings, device, with_class=False).probabilities
     return probabilities.argmax(0).to(torch.uint8).numpy()
 
 

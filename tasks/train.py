@@ -167,7 +167,7 @@ def validate(model: nn.Module, items: list[dict], plan: dict, device: torch.devi
     return metrics
 
 
-def _progress(total: int, completed: int) -> Any:
+def _progress() -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
@@ -255,7 +255,7 @@ def train_model(params: Params, root: Path, resume: bool = False, *, output_dir:
             config_file = root / "params.yaml"
             mlflow.log_text(config_file.read_text(encoding="utf-8") if config_file.exists() else "", "params.yaml")
             mlflow.log_dict(params.model_dump(mode="json"), "resolved_params.json")
-        with _progress(config.epochs, start_epoch) as progress:
+        with _progress() as progress:
             bar = progress.add_task("train", total=config.epochs, completed=start_epoch, status="")
             for epoch in range(start_epoch, config.epochs):
                 started = time.perf_counter()
