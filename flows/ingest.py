@@ -1,8 +1,8 @@
 """ingest: the raw inbox (``data/``) → a canonical, validated dataset with a manifest.
 
 Thin on purpose: discovery, per-case validation and the manifest are plain functions in
-``tasks/ingest.py``; the flow maps the per-case task over the cases (in parallel threads) and
-prints the summary table.
+``tasks/ingest.py``; the flow maps the per-case task over the cases (``data.workers`` threads: the
+heavy parts — GDCM decode, ISA-L deflate, sha256 — release the GIL) and prints the summary table.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class NothingAccepted(RuntimeError):
     """No case passed validation (or, with ``--strict``, some case did not): no dataset to train on."""
 
 
-@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@flow(name="ingest", log_prints=True)
 def ingest_flow(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None,
                 strict: bool = False) -> dict:
     root_path, params = project(root, params_file, overrides)
@@ -33,9 +33,11 @@ def ingest_flow(root: str = ".", params_file: str | None = "params.yaml", overri
     output = root_path / data.dataset_dir
     settings = IngestSettings.from_config(data)
     plan = plan_ingest(root_path / data.raw_dir, output, data)
-    futures = ingest_case_task.map(source=plan.sources, output_dir=unmapped(output), settings=unmapped(settings),
-                                   previous=plan.previous)
-    manifest, results = finish_ingest(output, plan, [future.result() for future in futures], settings)
+    with ThreadPoolTaskRunner(max_workers=data.workers) as runner:  # params decide the width, not the decorator
+        futures = runner.map(ingest_case_task, {"source": plan.sources, "output_dir": unmapped(output),
+                                                "settings": unmapped(settings), "previous": plan.previous})
+        case_results = [future.result() for future in futures]
+    manifest, results = finish_ingest(output, plan, case_results, settings)
     rejected = [r for r in results if not r.accepted]
     for result in rejected:
         log.warning("rejected %s: %s", result.case_id, result.reason)

@@ -20,7 +20,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``target`` on success.
 
     The temporary name keeps the target's suffixes (``.nii.gz``) so writers that pick a format
-    from the extension do the right thing.
+    from the extension do the right thing. A writer that finds the target already holds what it
+    would write may delete the temporary: the target is then left as it is.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +31,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.replace(tmp, target)
+        if tmp.exists():
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -34,6 +34,7 @@ class DataConfig(_Section):
     ``labelsTr/``), NIfTI ``pairs`` matched by ``image_pattern``/``label_pattern`` (``{case}`` is
     the case ID; relative to ``raw_dir``), or ``dicom`` trees (series found by SeriesInstanceUID,
     labels as NIfTI by ``label_pattern`` or as DICOM SEG). ``auto`` picks by what the inbox holds.
+    ``workers`` cases are converted at once (threads: GDCM decode, gzip and sha256 release the GIL).
     """
 
     raw_dir: str = "data"
@@ -52,6 +53,7 @@ class DataConfig(_Section):
     geometry_tolerance: float = Field(1e-4, gt=0.0)
     slice_spacing_tolerance: float = Field(0.01, gt=0.0, lt=0.5)
     max_voxels: int = Field(1_000_000_000, gt=0)
+    workers: int = Field(2, gt=0)
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     split_seed: int = 0

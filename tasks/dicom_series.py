@@ -13,6 +13,7 @@ folder names to hide; they are never returned.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -24,18 +25,21 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from tasks.geometry import LPS_TO_RAS, affine_from_sitk, difference
 from tasks.ingest_errors import CaseRejected
 from tasks.ingest_names import identity_tokens
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-_TAGS = ["SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID",
-         "FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
-         "Columns", "AcquisitionNumber", "InstanceNumber", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated",
-         "SliceThickness", "SpacingBetweenSlices", "Manufacturer", "ManufacturerModelName",
-         "ReferencedSeriesSequence", "PatientName", "PatientID"]
+_TAG = {keyword: tag_for_keyword(keyword) for keyword in (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "AcquisitionNumber", "NumberOfFrames",
+    "SpacingBetweenSlices", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated")}
+_HEAD_BYTES = 1 << 16
+_PIXEL_DATA_TAGS = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # (7FE0,0010), little / big endian
 #: The only header values that may reach the manifest or a log.
 ALLOWED_TAGS = ("Modality", "Manufacturer", "ManufacturerModelName", "SliceThickness")
 
@@ -86,38 +90,97 @@ def looks_like_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _floats(value: object) -> tuple[float, ...] | None:
-    if value is None or value == "":
-        return None
+def _parse_header(path: Path) -> tuple[pydicom.Dataset, int, int]:
+    """(dataset without pixels, offset of the PixelData element, file size).
+
+    The header is parsed from the file's first 64 KiB in memory: pydicom reads element by element,
+    and from a file that is a few small reads per element — most of a header scan's time. When
+    the header does not end (at PixelData) inside that window, the file itself is parsed.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(_HEAD_BYTES)
+        size = os.fstat(handle.fileno()).st_size
+        whole = len(head) >= size
+        buffer = io.BytesIO(head)
+        try:
+            ds = pydicom.dcmread(buffer, stop_before_pixels=True)
+            offset = buffer.tell()
+            if whole or head[offset:offset + 4] in _PIXEL_DATA_TAGS:
+                return ds, offset, size
+        except Exception:  # noqa: BLE001 — cut mid-element by the window: parse the file itself
+            if whole:
+                raise
+        handle.seek(0)
+        ds = pydicom.dcmread(handle, stop_before_pixels=True)
+        return ds, handle.tell(), size
+
+
+def _raw(ds: pydicom.Dataset, keyword: str) -> object:
+    element = ds.get_item(_TAG[keyword])
+    return None if element is None else element.value
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    """A UI/CS/DS/IS element as its text, straight from the raw bytes.
+
+    These VRs are ASCII by the standard, so neither character-set decoding nor pydicom's value
+    conversion (most of a header scan's time) is needed; the few values used are parsed here.
+    """
+    value = _raw(ds, keyword)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \x00")
+    if isinstance(value, str):
+        return value
+    return "\\".join(str(v) for v in value) if isinstance(value, list | tuple | MultiValue) else str(value)
+
+
+def _floats(text: str) -> tuple[float, ...] | None:
     try:
-        return tuple(float(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
+        return tuple(float(v) for v in text.split("\\")) if text else None
+    except ValueError:
         return None
+
+
+def _number(text: str, kind: type[int] | type[float]) -> int | float | None:
+    try:
+        return kind(text) if text else None
+    except ValueError:
+        return None
+
+
+def _unsigned(ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    """A US element (Rows, Columns, …); raw bytes in the file's byte order."""
+    element = ds.get_item(_TAG[keyword])
+    if element is None or element.value in (None, b""):
+        return default
+    if isinstance(element.value, bytes):
+        order = "little" if getattr(element, "is_little_endian", True) else "big"
+        return int.from_bytes(element.value[:2], order) if len(element.value) >= 2 else default
+    value = ds[keyword].value  # already converted (or an unusual VR): let pydicom say what it holds
+    return int(value[0] if isinstance(value, list | MultiValue) else value)
 
 
 def read_header(path: Path) -> tuple[SliceHeader, set[str]]:
     """One file's header (pixels not read) and the patient-identity fragments to hide."""
-    with open(path, "rb") as handle:
-        ds = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=_TAGS)
-        offset = handle.tell()
-    size = os.path.getsize(path)
+    ds, offset, size = _parse_header(path)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     compressed = bool(syntax is not None and syntax.is_compressed)
     referenced = tuple(str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", [])
                        if "SeriesInstanceUID" in item)
-    allowed = tuple((tag, str(ds.get(tag))) for tag in ALLOWED_TAGS if ds.get(tag) not in (None, ""))
+    allowed = tuple((tag, str(value)) for tag in ALLOWED_TAGS if (value := ds.get(tag)) not in (None, ""))
     header = SliceHeader(
-        path=path, sop_class=str(ds.get("SOPClassUID", "")), sop_instance=str(ds.get("SOPInstanceUID", "")),
-        study=str(ds.get("StudyInstanceUID", "")), series=str(ds.get("SeriesInstanceUID", "")),
-        frame_of_reference=str(ds.get("FrameOfReferenceUID", "")),
-        position=_floats(ds.get("ImagePositionPatient")), orientation=_floats(ds.get("ImageOrientationPatient")),
-        pixel_spacing=_floats(ds.get("PixelSpacing")), rows=int(ds.get("Rows", 0) or 0),
-        columns=int(ds.get("Columns", 0) or 0),
-        acquisition=int(ds.AcquisitionNumber) if ds.get("AcquisitionNumber") not in (None, "") else None,
-        frames=int(ds.get("NumberOfFrames", 1) or 1), samples=int(ds.get("SamplesPerPixel", 1) or 1),
-        bits=int(ds.get("BitsAllocated", 16) or 16), pixel_bytes_available=None if compressed else size - offset,
+        path=path, sop_class=_text(ds, "SOPClassUID"), sop_instance=_text(ds, "SOPInstanceUID"),
+        study=_text(ds, "StudyInstanceUID"), series=_text(ds, "SeriesInstanceUID"),
+        frame_of_reference=_text(ds, "FrameOfReferenceUID"),
+        position=_floats(_text(ds, "ImagePositionPatient")), orientation=_floats(_text(ds, "ImageOrientationPatient")),
+        pixel_spacing=_floats(_text(ds, "PixelSpacing")), rows=_unsigned(ds, "Rows", 0),
+        columns=_unsigned(ds, "Columns", 0), acquisition=_number(_text(ds, "AcquisitionNumber"), int),
+        frames=_number(_text(ds, "NumberOfFrames"), int) or 1, samples=_unsigned(ds, "SamplesPerPixel", 1) or 1,
+        bits=_unsigned(ds, "BitsAllocated", 16) or 16, pixel_bytes_available=None if compressed else size - offset,
         allowed=allowed, referenced_series=referenced,
-        spacing_between=float(ds.SpacingBetweenSlices) if ds.get("SpacingBetweenSlices") not in (None, "") else None)
+        spacing_between=_number(_text(ds, "SpacingBetweenSlices"), float))
     return header, identity_tokens(str(ds.get("PatientName", "")), str(ds.get("PatientID", "")))
 
 

@@ -14,7 +14,6 @@ whole files only, and the next run ends with exactly the dataset an uninterrupte
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from collections import Counter
@@ -27,19 +26,20 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from tasks.atomic import atomic_path, write_json
+from tasks.atomic import write_json
 from tasks.config import DataConfig
 from tasks.dicom_series import check_series, read_seg, read_volume
 from tasks.geometry import check_readers_agree, check_same_grid, nifti_affine
 from tasks.ingest_errors import CaseRejected
 from tasks.ingest_names import printable, safe_case_id
+from tasks.nifti_gzip import save_nifti_gz
 from tasks.sources import NIFTI_SUFFIXES, CaseSource, discover, strip_nifti_suffix
 
 __all__ = ["CaseRejected", "CaseResult", "CaseSource", "IngestPlan", "IngestSettings", "finish_ingest",
            "ingest_case", "ingest_dataset", "plan_ingest", "safe_case_id", "sha256_file", "summary_table"]
 
 #: Bump when the output of an unchanged input would change, so the index does not skip it.
-INGEST_VERSION = 2
+INGEST_VERSION = 3
 INDEX_FILE = "sources.json"
 OUTPUT_FOLDERS = ("imagesTr", "labelsTr", "instancesTr")
 
@@ -84,11 +84,8 @@ class CaseResult:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def fingerprint(source: CaseSource, settings: IngestSettings) -> str:
@@ -152,14 +149,35 @@ def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.asanyarray(canonical.dataobj), canonical.affine
 
 
+#: Integer voxel types a canonical image is stored in, narrowest first.
+INTEGER_TYPES = (np.uint8, np.int16, np.uint16, np.int32)
+
+
+def _narrowest_integer(data: np.ndarray) -> np.ndarray | None:
+    """The voxels in the narrowest of ``INTEGER_TYPES`` that holds them exactly (None: none does).
+
+    GDCM returns int32 for a CT stored as 16-bit unsigned with RescaleIntercept −1024 (the stored
+    type's range, shifted, no longer fits int16) although the voxels span −1024…3071: int16 halves
+    the file, the gzip time and every later read, and changes no value.
+    """
+    if data.size == 0:
+        return data
+    low, high = int(data.min()), int(data.max())
+    for kind in INTEGER_TYPES:
+        limits = np.iinfo(kind)
+        if limits.min <= low and high <= limits.max:
+            return data if np.dtype(kind).itemsize >= data.dtype.itemsize else data.astype(kind)
+    return None
+
+
 def _image_dtype(data: np.ndarray, name: str) -> np.ndarray:
-    """Integer images keep their type (DICOM → NIfTI is exact); everything else becomes float32."""
+    """Integer images stay integers, exactly (DICOM → NIfTI keeps every value); the rest become float32."""
     if data.dtype == bool:
         return data.astype(np.uint8)
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise CaseRejected(f"{name}: image voxels are not real numbers ({data.dtype})")
-    if np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 4:
-        return data
+    if np.issubdtype(data.dtype, np.integer) and (narrow := _narrowest_integer(data)) is not None:
+        return narrow
     data = data.astype(np.float32)
     if not np.isfinite(data).all():
         raise CaseRejected(f"{name}: image holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels")
@@ -219,30 +237,6 @@ def read_label(source: CaseSource, plan: Any, image_shape: tuple[int, ...], imag
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _sha256_gunzipped(path: Path) -> str:
-    digest = hashlib.sha256()
-    with gzip.open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _save_if_changed(data: np.ndarray, affine: np.ndarray, target: Path) -> bool:
-    """Write ``data`` to ``target`` unless the file already holds exactly these bytes."""
-    image = nib.Nifti1Image(data, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    if target.exists():
-        # nibabel writes gzip without a timestamp or name, so equal data and header give equal bytes.
-        try:
-            if hashlib.sha256(image.to_bytes()).hexdigest() == _sha256_gunzipped(target):
-                return False
-        except (OSError, EOFError):
-            pass  # a damaged output is simply replaced
-    with atomic_path(target) as tmp:
-        nib.save(image, tmp)
-    return True
-
-
 def label_values(label: np.ndarray) -> set[int]:
     """The distinct values of a non-negative integer label: one counting pass, no sort.
 
@@ -261,7 +255,9 @@ def _label_arrays(label: np.ndarray, name: str, settings: IngestSettings) -> tup
     if settings.instance_labels:
         top = int(label.max()) if label.size else 0
         return (label > 0).astype(np.uint8), label.astype(np.uint16 if top < 65536 else np.int32)
-    allowed = set(settings.label_names.values())
+    allowed = set(settings.label_names.values())  # 0..N-1 (the schema checks): a range test is enough
+    if label.size and int(label.max()) < len(allowed):
+        return label.astype(np.uint8), None
     found = label_values(label)
     if not found <= allowed:
         raise CaseRejected(f"{name}: label values {sorted(found - allowed)[:10]} outside the declared classes "
@@ -305,9 +301,7 @@ def ingest_case(source: CaseSource, output_dir: Path, settings: IngestSettings,
         if instances is not None:
             files["instances"] = f"instancesTr/{source.case_id}.nii.gz"
             arrays["instances"] = instances
-        written = False
-        for role, rel in files.items():
-            written |= _save_if_changed(arrays[role], affine, output_dir / rel)
+        saved = {role: save_nifti_gz(arrays[role], affine, output_dir / rel) for role, rel in files.items()}
         spacing = [float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)]
         record: dict[str, Any] = {
             "case_id": source.case_id,
@@ -318,13 +312,14 @@ def ingest_case(source: CaseSource, output_dir: Path, settings: IngestSettings,
             "channels": 1 if image.ndim == 3 else int(image.shape[3]),
             "dtype": str(image.dtype),
             "source": _source_record(source),
-            "n_objects": int(len(np.unique(instances)) - 1) if instances is not None else None,
+            "n_objects": len(label_values(instances) - {0}) if instances is not None else None,
             "files": files,
-            "sha256": {role: sha256_file(output_dir / rel) for role, rel in files.items()},
+            "sha256": {role: digest for role, (digest, _) in saved.items()},
         }
         if source.kind == "dicom":
             record["dicom"] = dict(source.allowed_tags)
-        return CaseResult(source.case_id, True, warnings=warnings, record=record, written=written,
+        return CaseResult(source.case_id, True, warnings=warnings, record=record,
+                          written=any(written for _, written in saved.values()),
                           fingerprint=print_)
     except CaseRejected as error:
         return CaseResult(source.case_id, False, reason=str(error), fingerprint=print_)

@@ -85,8 +85,13 @@ def write_seg(path: Path, sources: list[pydicom.Dataset], mask: np.ndarray) -> P
     return path
 
 
-def sitk_series(folder: Path, volume: np.ndarray, spacing=(0.6, 0.9, 3.0), origin=(5.0, -7.0, 12.0)) -> None:
-    """A series written by SimpleITK's ImageFileWriter, slice by slice (its DicomSeriesFromArray example)."""
+def sitk_series(folder: Path, volume: np.ndarray, spacing=(0.6, 0.9, 3.0), origin=(5.0, -7.0, 12.0),
+                jpeg_lossless: bool = False) -> None:
+    """A series written by SimpleITK's ImageFileWriter, slice by slice (its DicomSeriesFromArray example).
+
+    ``jpeg_lossless``: GDCM compresses each slice as JPEG Lossless, Process 14 SV1 (1.2.840.10008.1.2.4.70),
+    which pydicom cannot decode without extra plugins.
+    """
     import SimpleITK as sitk
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,6 +101,9 @@ def sitk_series(folder: Path, volume: np.ndarray, spacing=(0.6, 0.9, 3.0), origi
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     writer.SetImageIO("GDCMImageIO")
+    if jpeg_lossless:
+        writer.SetUseCompression(True)
+        writer.SetCompressor("JPEG")
     series, study, frame = generate_uid(), generate_uid(), generate_uid()
     direction = image.GetDirection()
     common = [("0008|0060", "MR"), ("0020|000e", series), ("0020|000d", study), ("0020|0052", frame),

@@ -4,7 +4,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
+import pytest
 import SimpleITK as sitk
+from pydicom.uid import JPEGLosslessSV1
 
 from tasks.config import DataConfig
 from tasks.geometry import affine_from_sitk
@@ -75,6 +78,8 @@ def test_multi_series_tree_ingests_with_seg_and_nifti_labels(tmp_path):
     seg_case = next(c for c in manifest["cases"] if c["source"]["label"] == "seg")
     label = np.asarray(nib.load(str(out / seg_case["files"]["label"])).dataobj)
     assert label.sum() == tree["mask"].sum() and seg_case["spacing"] == [0.7, 0.8, 2.5]
+    # GDCM hands back int32 (uint16 stored + intercept −1024); the values fit int16, which is what is written.
+    assert seg_case["dtype"] == "int16" and nib.load(str(out / seg_case["files"]["image"])).get_data_dtype() == "<i2"
     stored = tree["first"][3].pixel_array.astype(np.int32) - 1024  # stored value × slope + intercept
     written = np.asarray(nib.load(str(out / seg_case["files"]["image"])).dataobj)
     assert np.array_equal(written[:, :, 3], stored.T[::-1, ::-1])  # rows/columns run L and P: RAS flips both
@@ -87,3 +92,35 @@ def test_multi_series_tree_ingests_with_seg_and_nifti_labels(tmp_path):
 
 def gdcm_volume_files(folder: Path, uid: str) -> list[str]:
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+
+
+def test_jpeg_lossless_and_headers_longer_than_the_read_window_ingest_exactly(tmp_path):
+    """GDCM decodes JPEG Lossless that pydicom alone cannot; a 100 KB private tag pushes PixelData past
+    the 64 KiB that header scanning reads first, so the file itself must be parsed."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    rng = np.random.default_rng(1)
+    volume = rng.integers(-1000, 2000, (6, 20, 18))
+    sitk_series(raw / "jpeg", volume, jpeg_lossless=True)
+    first = pydicom.dcmread(sorted((raw / "jpeg").iterdir())[0])
+    assert first.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    with pytest.raises(Exception):  # noqa: B017 — no pydicom pixel handler for it here
+        first.pixel_array  # noqa: B018
+    for ds in write_series(raw / "long", rng.integers(0, 3000, (5, 12, 10)).astype(np.uint16)):
+        ds.private_block(0x0029, "Acme private", create=True).add_new(0x10, "OB", bytes(100_000))
+        ds.save_as(ds.filename, enforce_file_format=True)
+    assert all(p.stat().st_size > 100_000 for p in (raw / "long").iterdir())
+    references = {}
+    for case in ("jpeg", "long"):
+        uid = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(raw / case))[0]
+        references[case] = as_ras(gdcm_volume(raw / case, uid))
+        label = (np.asarray(references[case].dataobj) > 500).astype(np.uint8)
+        save_nifti(label, raw / "labels" / f"{case}.nii.gz", references[case].affine)
+    manifest, results = ingest_dataset(raw, out, DataConfig(instance_labels=False, label_names=LABELS,
+                                                           dicom_case_id="folder"))
+    assert [r.reason for r in results if not r.accepted] == [] and manifest["num_cases"] == 2
+    for case in manifest["cases"]:
+        written, reference = nib.load(str(out / case["files"]["image"])), references[case["case_id"]]
+        assert np.array_equal(np.asarray(written.dataobj), np.asarray(reference.dataobj))
+        assert np.allclose(written.affine, reference.affine, atol=1e-4)
+    decoded = sitk.GetArrayFromImage(gdcm_volume(raw / "jpeg", first.SeriesInstanceUID))
+    assert np.array_equal(decoded, volume)  # lossless: the slices hold exactly what was written

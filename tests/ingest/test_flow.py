@@ -53,3 +53,20 @@ def test_dvc_push_then_pull_in_a_fresh_clone_restores_the_dataset(project: Path,
     assert (clone / "outputs" / "dataset" / "dataset.json").exists()
     status = run([dvc, "status", "ingest"], clone, tmp_path)
     assert "up to date" in status.stdout.lower() or status.stdout.strip() == ""
+
+
+def test_flow_converts_cases_on_data_workers_threads_as_its_own_task_runs(tmp_path: Path, prefect_harness):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.ingest import ingest_flow
+
+    inbox(tmp_path)
+    state = ingest_flow(root=str(tmp_path), params_file=None, return_state=True,
+                        overrides=["data.workers=3", "data.instance_labels=false"])
+    assert state.result()["accepted"] == 2
+    with get_client(sync_client=True) as client:
+        flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        runs = client.read_task_runs(flow_run_filter=flow_run)
+    cases = [r for r in runs if r.name.startswith("ingest-case")]
+    assert len(cases) == 3 and all(r.state.is_completed() for r in cases)  # a, b and the unlabelled one

@@ -98,3 +98,23 @@ def test_instance_labels_write_instances(tmp_path):
     manifest, _ = ingest_dataset(raw, tmp_path / "out", DataConfig(instance_labels=True))
     (case,) = manifest["cases"]
     assert case["n_objects"] == 2 and Path(tmp_path / "out" / case["files"]["instances"]).exists()
+
+
+def test_integer_images_are_stored_in_the_narrowest_type_that_holds_every_value(tmp_path):
+    raw = tmp_path / "raw"
+    cases = {"byte_range": (np.int32, 0, 255, "uint8"), "ct_range": (np.int32, -1024, 3071, "int16"),
+             "wide": (np.int64, -5, 70_000, "int32"), "full_uint16": (np.uint16, 0, 65_535, "uint16")}
+    volumes = {}
+    for case, (dtype, low, high, _) in cases.items():
+        volume = np.random.default_rng(0).integers(low, high + 1, (12, 10, 6)).astype(dtype)
+        volume.flat[:2] = low, high  # the extremes are present
+        volumes[case] = volume
+        image = nib.Nifti1Image(volume, np.eye(4), dtype=volume.dtype)  # nibabel wants int64 asked for
+        (raw / "imagesTr").mkdir(parents=True, exist_ok=True)
+        nib.save(image, str(raw / "imagesTr" / f"{case}.nii.gz"))
+        save_nifti(label_volume(), raw / "labelsTr" / f"{case}.nii.gz")
+    manifest, _ = ingest_dataset(raw, tmp_path / "out", config())
+    for case in manifest["cases"]:
+        written = nib.load(str(tmp_path / "out" / case["files"]["image"]))
+        assert case["dtype"] == cases[case["case_id"]][3] == str(written.get_data_dtype())
+        assert np.array_equal(np.asarray(written.dataobj), volumes[case["case_id"]])  # not one value changed
