@@ -166,7 +166,8 @@ def read_header(path: Path) -> tuple[SliceHeader, set[str]]:
     """One file's header (pixels not read) and the patient-identity fragments to hide."""
     ds, offset, size = _parse_header(path)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    compressed = bool(syntax is not None and syntax.is_compressed)
+    # Compressed or deflated pixel data has no size to check against Rows × Columns: GDCM judges it.
+    compressed = bool(syntax is not None and (syntax.is_compressed or syntax.is_deflated))
     referenced = tuple(str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", [])
                        if "SeriesInstanceUID" in item)
     allowed = tuple((tag, str(value)) for tag in ALLOWED_TAGS if (value := ds.get(tag)) not in (None, ""))
@@ -318,8 +319,12 @@ def check_series(slices: list[SliceHeader], name: Callable[[Path], str], spacing
                       (first.columns, first.rows, len(ordered)), first.frame_of_reference)
 
 
-def read_volume(plan: SeriesPlan, name: Callable[[Path], str], tolerance: float) -> np.ndarray:
-    """The series' voxels as X×Y×Z (GDCM decodes, rescale slope/intercept applied), geometry checked."""
+def read_volume(plan: SeriesPlan, name: Callable[[Path], str], tolerance: float,
+                convert: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """The series' voxels as X×Y×Z (GDCM decodes, rescale slope/intercept applied), geometry checked.
+
+    ``convert`` (e.g. a narrower dtype) reads ITK's own buffer: one pass instead of a copy first.
+    """
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO("GDCMImageIO")
     reader.SetFileNames([str(p) for p in plan.files])
@@ -336,9 +341,12 @@ def read_volume(plan: SeriesPlan, name: Callable[[Path], str], tolerance: float)
     if diff or tuple(image.GetSize()) != plan.shape:
         raise CaseRejected(f"{name(plan.files[0])}: SimpleITK's volume {tuple(image.GetSize())} disagrees with "
                            f"the slice headers {plan.shape} ({diff or 'size'})")
-    # ITK's z,y,x C-order buffer *is* NIfTI's x,y,z Fortran order: the transposed copy is a free view,
-    # and nibabel writes it to disk without reordering a byte (a C-contiguous copy cost more than the read).
-    return sitk.GetArrayFromImage(image).T
+    # ITK's z,y,x C-order buffer *is* NIfTI's x,y,z Fortran order: the transpose is a free view, and
+    # nibabel writes it without reordering a byte (a C-contiguous copy cost more than the read). The
+    # view into ITK's buffer lives only as long as ``image``: what is returned must own its memory.
+    view = sitk.GetArrayViewFromImage(image).T
+    result = convert(view) if convert is not None else view
+    return result.copy(order="K") if np.may_share_memory(result, view) else result
 
 
 def _culprit(plan: SeriesPlan, name: Callable[[Path], str]) -> str:

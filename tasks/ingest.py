@@ -188,8 +188,9 @@ def read_image(source: CaseSource, settings: IngestSettings) -> tuple[np.ndarray
     """(RAS voxels X×Y×Z[×C], RAS affine, the DICOM series plan or None)."""
     if source.kind == "dicom":
         plan = check_series(list(source.slices), source.name, settings.spacing_tolerance, settings.max_voxels)
-        data = read_volume(plan, source.name, settings.tolerance)
-        data, affine = to_ras(_image_dtype(data, source.name(plan.files[0])), plan.affine)
+        data = read_volume(plan, source.name, settings.tolerance,
+                           convert=lambda voxels: _image_dtype(voxels, source.name(plan.files[0])))
+        data, affine = to_ras(data, plan.affine)
         return data, affine, plan
     channels = []
     for index, path in enumerate(source.images):
