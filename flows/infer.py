@@ -14,11 +14,9 @@ from pathlib import Path
 
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import project
+from flows.common import project, task_runner_for
 from tasks import infer as batch
-from tasks.config import InferConfig
 from tasks.infer import CaseOutcome, InferSettings
 from tasks.model_package import load_model, save_checkpoint
 from tasks.registry import CHAMPION_ALIAS
@@ -30,19 +28,6 @@ segment_task = task(batch.run_case, name="segment-case", cache_policy=NO_CACHE, 
 
 class BatchFailed(RuntimeError):
     """Every case of the batch failed."""
-
-
-def task_runner_for(config: InferConfig):  # noqa: ANN201 (a Prefect TaskRunner; dask is an optional extra)
-    if config.runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=config.workers)
-    try:
-        from prefect_dask import DaskTaskRunner
-    except ImportError:
-        raise RuntimeError("infer.runner: dask needs the dask extra (pip install 'unetflow[dask]')") from None
-    if config.dask_address:
-        return DaskTaskRunner(address=config.dask_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None})
 
 
 @flow(name="segment-cases", persist_result=False)
@@ -77,7 +62,8 @@ def infer_flow(root: str = ".", params_file: str | None = "params.yaml", overrid
         model_ref = str(output_dir / ".model" / f"{identity}.pt")
         if not Path(model_ref).exists():
             save_checkpoint(Path(model_ref), {"model": network.state_dict(), "plan": plan})
-    outcomes = segment_cases_flow.with_options(task_runner=task_runner_for(config))(
+    outcomes = segment_cases_flow.with_options(
+        task_runner=task_runner_for(config.runner, config.workers, config.dask_address))(
         input_dir=str(input_dir), output_dir=str(output_dir), model_ref=model_ref, settings=settings,
         salt=params.data.dicom_id_salt)
     summary_path = batch.write_summary(output_dir, outcomes)

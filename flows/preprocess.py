@@ -1,4 +1,8 @@
-"""preprocess: decide the plan from the dataset, then normalise cases and attach weight maps."""
+"""preprocess: decide the plan from the dataset, then normalise cases and attach weight maps.
+
+The per-case tasks run on the runner ``preprocess.runner`` / ``workers`` / ``dask_address`` ask for
+(threads here, or a Dask cluster), the same keys as ``infer``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,8 @@ import json
 
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import project
+from flows.common import project, task_runner_for
 from tasks.preprocess import (
     case_intensity_sample,
     intensity_statistics,
@@ -23,7 +26,7 @@ case_intensity_sample_task = task(case_intensity_sample, name="intensity-sample"
 preprocess_case_task = task(preprocess_case, name="preprocess-case", cache_policy=NO_CACHE)
 
 
-@flow(name="preprocess", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@flow(name="preprocess", log_prints=True)
 def preprocess_flow(root: str = ".", params_file: str | None = "params.yaml",
                     overrides: list[str] | None = None) -> dict:
     root_path, params = project(root, params_file, overrides)
@@ -31,17 +34,20 @@ def preprocess_flow(root: str = ".", params_file: str | None = "params.yaml",
     output = root_path / params.preprocess.output_dir
     cache = root_path / params.preprocess.weight_map_cache
     manifest = json.loads((dataset / "dataset.json").read_text())
+    config = params.preprocess
     # Intensity statistics come from the training cases only, never from what will be validated or tested.
     split = plan_split(manifest, params.data)
-    samples = case_intensity_sample_task.map(dataset_dir=unmapped(dataset), case=training_cases(manifest, split),
-                                             max_samples=unmapped(params.preprocess.intensity_samples))
-    stats = intensity_statistics([future.result() for future in samples])
-    plan = make_plan(manifest, params.data, params.preprocess, params.model, params.train, stats, split)
-    # Every case (weight maps included, cached on disk by label hash + w0/σ) in parallel.
-    futures = preprocess_case_task.map(dataset_dir=unmapped(dataset), case=manifest["cases"], plan=unmapped(plan),
-                                       config=unmapped(params.preprocess), output_dir=unmapped(output),
-                                       cache_dir=unmapped(cache))
-    results = [future.result() for future in futures]
+    with task_runner_for(config.runner, config.workers, config.dask_address) as runner:
+        samples = runner.map(case_intensity_sample_task, {
+            "dataset_dir": unmapped(dataset), "case": training_cases(manifest, split),
+            "max_samples": unmapped(config.intensity_samples)})
+        stats = intensity_statistics([future.result() for future in samples])
+        plan = make_plan(manifest, params.data, config, params.model, params.train, stats, split)
+        # Every case (weight maps included, cached on disk by label hash + w0/σ) in parallel.
+        futures = runner.map(preprocess_case_task, {
+            "dataset_dir": unmapped(dataset), "case": manifest["cases"], "plan": unmapped(plan),
+            "config": unmapped(config), "output_dir": unmapped(output), "cache_dir": unmapped(cache)})
+        results = [future.result() for future in futures]
     write_plan(output, plan)
     cached = sum(bool(r["weight_map_cached"]) for r in results)
     computed = sum(r["weight_map_cached"] is False for r in results)

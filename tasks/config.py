@@ -82,6 +82,9 @@ class PreprocessConfig(_Section):
     Weight maps are cached in ``weight_map_cache`` under the label hash + w0/σ/class weights, so only a
     change of those recomputes them. ``intensity_samples`` caps the foreground voxels drawn per training
     case for the statistics (nnU-Net: 10000), which keeps the pass over a large dataset cheap.
+    ``runner``: ``threads`` (``workers`` threads) or ``dask`` (``workers`` local processes, or the
+    cluster at ``dask_address``; needs the ``dask`` extra); weight maps are pure Python/NumPy work
+    that threads share under the GIL, so a large dataset gains from processes.
     """
 
     output_dir: str = "outputs/preprocessed"
@@ -92,6 +95,9 @@ class PreprocessConfig(_Section):
     normalization: Literal["auto", "zscore", "ct", "none"] = "auto"
     weight_map_cache: str = "outputs/cache/weight_maps"
     intensity_samples: int = Field(10000, gt=0)
+    runner: Literal["threads", "dask"] = "threads"
+    workers: int = Field(2, gt=0)
+    dask_address: str | None = None
 
 
 class ModelConfig(_Section):

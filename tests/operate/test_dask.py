@@ -17,7 +17,7 @@ from tests.conftest import REPO
 
 def test_preprocess_and_batch_inference_on_a_two_worker_local_cluster(tmp_path: Path, prefect_harness) -> None:
     distributed = pytest.importorskip("distributed")
-    prefect_dask = pytest.importorskip("prefect_dask")
+    pytest.importorskip("prefect_dask")
     from flows.infer import infer_flow
     from flows.ingest import ingest_flow
     from flows.preprocess import preprocess_flow
@@ -37,8 +37,8 @@ def test_preprocess_and_batch_inference_on_a_two_worker_local_cluster(tmp_path: 
             as cluster, distributed.Client(cluster) as client:
         address = cluster.scheduler_address
         with distributed.get_task_stream(client) as stream:
-            runner = prefect_dask.DaskTaskRunner(address=address)
-            pre = preprocess_flow.with_options(task_runner=runner)(root=str(root))
+            pre = preprocess_flow(root=str(root), overrides=["preprocess.runner=dask",
+                                                             f"preprocess.dask_address={address}"])
         assert pre["cases"] == 6
         # (Dask keys are the task functions' names plus a hash)
         ran = [str(t["key"]).rsplit("-", 1)[0] for t in stream.data]
