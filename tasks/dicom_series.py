@@ -115,18 +115,14 @@ def _parse_header(path: Path) -> tuple[pydicom.Dataset, int, int]:
         return ds, handle.tell(), size
 
 
-def _raw(ds: pydicom.Dataset, keyword: str) -> object:
-    element = ds.get_item(_TAG[keyword])
-    return None if element is None else element.value
-
-
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
     """A UI/CS/DS/IS element as its text, straight from the raw bytes.
 
     These VRs are ASCII by the standard, so neither character-set decoding nor pydicom's value
     conversion (most of a header scan's time) is needed; the few values used are parsed here.
     """
-    value = _raw(ds, keyword)
+    element = ds.get_item(_TAG[keyword])
+    value = None if element is None else element.value
     if value is None:
         return ""
     if isinstance(value, bytes):

@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from tasks.atomic import write_json
+from tasks.checksums import sha256_file
 from tasks.config import DataConfig
 from tasks.dicom_series import check_series, read_seg, read_volume
 from tasks.geometry import check_readers_agree, check_same_grid, nifti_affine
@@ -81,11 +82,6 @@ class CaseResult:
         # Reasons quote file names; escaping here means no hostile name can forge a log line later.
         self.reason = printable(self.reason)
         self.warnings = [printable(w) for w in self.warnings]
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def fingerprint(source: CaseSource, settings: IngestSettings) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 from isal import isal_zlib
 
 from tasks.atomic import atomic_path
+from tasks.checksums import sha256_file
 
 __all__ = ["save_nifti_gz"]
 
@@ -75,14 +76,6 @@ class _GzipSink(io.RawIOBase):
             self._handle.write(chunk)
 
 
-def _sha256_of(path: Path) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError:
-        return None
-
-
 def save_nifti_gz(data: np.ndarray, affine: np.ndarray, target: Path, level: int = DEFAULT_LEVEL) -> tuple[str, bool]:
     """Write ``data`` (X×Y×Z[×C]) with ``affine`` to ``target``; return (sha256 of the file, written?).
 
@@ -97,7 +90,11 @@ def save_nifti_gz(data: np.ndarray, affine: np.ndarray, target: Path, level: int
             sink = _GzipSink(handle, level)
             image.to_file_map({"image": nib.FileHolder(fileobj=sink)})
             digest = sink.finish()
-        if target.exists() and _sha256_of(target) == digest:
+        try:
+            same = target.exists() and sha256_file(target) == digest
+        except OSError:
+            same = False  # an unreadable output is simply replaced
+        if same:
             tmp.unlink()  # atomic_path leaves the target alone when the temporary is gone
             return digest, False
     return digest, True

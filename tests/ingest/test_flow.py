@@ -55,7 +55,7 @@ def test_dvc_push_then_pull_in_a_fresh_clone_restores_the_dataset(project: Path,
     assert "up to date" in status.stdout.lower() or status.stdout.strip() == ""
 
 
-def test_flow_converts_cases_on_data_workers_threads_as_its_own_task_runs(tmp_path: Path, prefect_harness):
+def test_flow_takes_data_workers_and_runs_every_case_as_a_task_run_of_the_flow(tmp_path: Path, prefect_harness):
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 

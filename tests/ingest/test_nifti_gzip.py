@@ -60,14 +60,14 @@ def test_a_write_that_dies_half_way_keeps_the_previous_file_whole(tmp_path: Path
     class DiskFull(OSError):
         pass
 
-    def compress_then_fail(self, data):  # the device fills up after the header and a first slab
+    def write_then_fail(self, data):  # the device fills up after the header and a first slab
         calls.append(len(data))
         if len(calls) > 2:
             raise DiskFull("no space left on device")
         return original(self, data)
 
     original = nifti_gzip._GzipSink.write
-    monkeypatch.setattr(nifti_gzip._GzipSink, "write", compress_then_fail)
+    monkeypatch.setattr(nifti_gzip._GzipSink, "write", write_then_fail)
     with pytest.raises(DiskFull):
         save_nifti_gz(volume() + 1, AFFINE, target)
     assert len(calls) == 3

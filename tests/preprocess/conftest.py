@@ -6,7 +6,6 @@ the manifest's contract (``files``, ``sha256``, ``shape``, ``spacing``, ``channe
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tasks.checksums import sha256_file
 from tasks.config import Params, validate_params
 from tasks.preprocess import (
     case_intensity_sample,
@@ -28,10 +28,6 @@ from tasks.preprocess import (
 from tasks.synthetic import SyntheticSpec, cell_image
 
 TINY = SyntheticSpec(n_train=5, n_test=0, size=32, cells=(3, 5), radius=(4.0, 7.0), noise=0.1, seed=3)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_case(dataset: Path, case_id: str, image: np.ndarray, instances: np.ndarray) -> None:
@@ -51,7 +47,7 @@ def write_manifest(dataset: Path, modality: str = "unknown") -> dict:
                  for role, folder in (("image", "imagesTr"), ("label", "labelsTr"), ("instances", "instancesTr"))}
         shape = list(nib.load(str(path)).shape)
         cases.append({"case_id": case_id, "shape": shape, "spacing": [1.0, 1.0, 1.0], "channels": 1,
-                      "files": files, "sha256": {role: _sha256(dataset / rel) for role, rel in files.items()}})
+                      "files": files, "sha256": {role: sha256_file(dataset / rel) for role, rel in files.items()}})
     manifest = {"name": "tiny", "modality": modality, "labels": {"background": 0, "cell": 1},
                 "instance_labels": True, "num_cases": len(cases), "cases": cases}
     (dataset / "dataset.json").write_text(json.dumps(manifest))
