@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monai.inferers import sliding_window_inference  # noqa: E402
 
-import tasks.infer as infer  # noqa: E402
-from tasks.infer import InferSettings, model_identity, run_batch  # noqa: E402
-from tasks.model_package import build_model, save_checkpoint  # noqa: E402
+import tasks.inference.batch as infer  # noqa: E402
+from tasks.inference.batch import model_identity, run_batch  # noqa: E402
+from tasks.inference.segment import InferSettings  # noqa: E402
+from tasks.tracking.model_package import build_model, save_checkpoint  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -38,10 +38,12 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.config import DataConfig  # noqa: E402
-from tasks.geometry import affine_from_sitk  # noqa: E402
-from tasks.ingest import IngestSettings, fingerprint, ingest_dataset, read_image  # noqa: E402
-from tasks.nifti_gzip import save_nifti_gz  # noqa: E402
-from tasks.sources import discover_dicom  # noqa: E402
+from tasks.imaging.geometry import affine_from_sitk  # noqa: E402
+from tasks.imaging.nifti_writer import save_nifti_gz  # noqa: E402
+from tasks.ingest.batch import ingest_dataset  # noqa: E402
+from tasks.ingest.case import read_image  # noqa: E402
+from tasks.ingest.index import IngestSettings, fingerprint  # noqa: E402
+from tasks.ingest.sources import discover_dicom  # noqa: E402
 from tests.ingest.makers import write_series  # noqa: E402
 
 

@@ -24,9 +24,10 @@ from torch import nn
 from monai_ext.networks import build_network
 from monai_ext.transforms.weight_maps import unet_weight_map
 from tasks.config import TrainConfig
-from tasks.data import training_loader
-from tasks.synthetic import SyntheticSpec, cell_image
-from tasks.train import make_loss, make_optimizer, run_epoch
+from tasks.ingest.synthetic import SyntheticSpec, cell_image
+from tasks.training.data_loader import training_loader
+from tasks.training.epochs import run_epoch
+from tasks.training.optim import make_loss, make_optimizer
 
 
 def make_items(n: int, size: int, dims: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

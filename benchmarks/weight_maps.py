@@ -118,7 +118,7 @@ def bench_loader(quick: bool) -> dict[str, Any]:
     import torch
 
     from tasks.config import AugmentConfig
-    from tasks.data import case_records, training_loader
+    from tasks.training.data_loader import case_records, training_loader
 
     torch.set_num_threads(1)
     if quick:

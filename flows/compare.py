@@ -6,7 +6,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import project
-from tasks.compare import compare_variants, format_table
+from tasks.evaluation.compare import compare_variants, format_table
 
 compare_task = task(compare_variants, name="compare-variants", cache_policy=NO_CACHE)
 

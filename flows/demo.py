@@ -18,9 +18,9 @@ from prefect import flow
 from flows.common import project
 from flows.infer import infer_flow
 from flows.retrain import retrain_flow
-from tasks.registry import CHAMPION_ALIAS
-from tasks.synthetic import SyntheticSpec, write_synthetic_dataset
-from tasks.tracking import tracking_uri
+from tasks.ingest.synthetic import SyntheticSpec, write_synthetic_dataset
+from tasks.tracking.registry import CHAMPION_ALIAS
+from tasks.tracking.store import tracking_uri
 
 
 class DvcError(RuntimeError):

@@ -6,7 +6,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import project
-from tasks.evaluate import evaluate_model
+from tasks.evaluation.evaluate import evaluate_model
 
 evaluate_task = task(evaluate_model, name="evaluate-model", cache_policy=NO_CACHE)
 

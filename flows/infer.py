@@ -16,11 +16,12 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import project, task_runner_for
-from tasks import infer as batch
-from tasks.infer import CaseOutcome, InferSettings
-from tasks.model_package import load_model, save_checkpoint
-from tasks.registry import CHAMPION_ALIAS
-from tasks.tracking import configure_tracking
+from tasks.inference import batch
+from tasks.inference.batch import CaseOutcome
+from tasks.inference.segment import InferSettings
+from tasks.tracking.model_package import load_model, save_checkpoint
+from tasks.tracking.registry import CHAMPION_ALIAS
+from tasks.tracking.store import configure_tracking
 
 log = logging.getLogger("unetflow.infer")
 segment_task = task(batch.run_case, name="segment-case", cache_policy=NO_CACHE, persist_result=False)

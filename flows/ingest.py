@@ -1,7 +1,7 @@
 """ingest: the raw inbox (``data/``) → a canonical, validated dataset with a manifest.
 
 Thin on purpose: discovery, per-case validation and the manifest are plain functions in
-``tasks/ingest.py``; the flow maps the per-case task over the cases (``data.workers`` threads: the
+``tasks/ingest/``; the flow maps the per-case task over the cases (``data.workers`` threads: the
 heavy parts — GDCM decode, ISA-L deflate, sha256 — release the GIL) and prints the summary table.
 """
 
@@ -14,7 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import project
-from tasks.ingest import IngestSettings, finish_ingest, ingest_case, plan_ingest, summary_table
+from tasks.ingest.batch import finish_ingest, plan_ingest, summary_table
+from tasks.ingest.case import ingest_case
+from tasks.ingest.index import IngestSettings
 
 log = logging.getLogger("unetflow.ingest")
 # Case inputs are large and change under the same name: never cache, the index decides what to skip.

@@ -12,15 +12,9 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import project, task_runner_for
-from tasks.preprocess import (
-    case_intensity_sample,
-    intensity_statistics,
-    make_plan,
-    plan_split,
-    preprocess_case,
-    training_cases,
-    write_plan,
-)
+from tasks.preprocess.cases import preprocess_case
+from tasks.preprocess.intensity_stats import case_intensity_sample, intensity_statistics
+from tasks.preprocess.planning import make_plan, plan_split, training_cases, write_plan
 
 case_intensity_sample_task = task(case_intensity_sample, name="intensity-sample", cache_policy=NO_CACHE)
 preprocess_case_task = task(preprocess_case, name="preprocess-case", cache_policy=NO_CACHE)

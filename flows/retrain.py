@@ -9,8 +9,8 @@ from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.preprocess import preprocess_flow
 from flows.train import train_flow
-from tasks.registry import promote_if_better
-from tasks.tracking import configure_tracking
+from tasks.tracking.registry import promote_if_better
+from tasks.tracking.store import configure_tracking
 
 
 @flow(name="retrain", log_prints=True)

@@ -8,8 +8,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import project
-from tasks.distributed import launch
-from tasks.train import train_model
+from tasks.training.distributed import launch
+from tasks.training.trainer import train_model
 
 train_task = task(train_model, name="train-model", cache_policy=NO_CACHE)
 train_distributed_task = task(launch, name="train-model-torchrun", cache_policy=NO_CACHE)

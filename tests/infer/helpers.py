@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from monai_ext.networks.base import SegmentationNetwork
-from tasks.infer import InferSettings
+from tasks.inference.segment import InferSettings
 
 
 class ThresholdNet(SegmentationNetwork):

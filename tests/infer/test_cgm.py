@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from monai_ext.networks import build_network
-from tasks.infer import run_batch
-from tasks.postprocess import keep_largest_component
+from tasks.inference.batch import run_batch
+from tasks.inference.postprocess import keep_largest_component
 from tests.infer.helpers import ThresholdNet, plan_for, save_nifti, settings
 
 

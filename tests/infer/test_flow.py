@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tasks.model_package import build_model, save_checkpoint
+from tasks.tracking.model_package import build_model, save_checkpoint
 from tests.infer.helpers import blobs, plan_for, save_nifti
 from tests.ingest.makers import write_series
 

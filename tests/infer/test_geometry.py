@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tasks.infer import run_batch
+from tasks.inference.batch import run_batch
 from tests.infer.helpers import ThresholdNet, blobs, oblique_affine, plan_for, save_nifti, settings
 from tests.ingest.makers import write_series
 

@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.infer import InferSettings, model_identity, run_batch
-from tasks.model_package import build_model, load_model, save_checkpoint
+from tasks.inference.batch import model_identity, run_batch
+from tasks.inference.segment import InferSettings
+from tasks.tracking.model_package import build_model, load_model, save_checkpoint
 from tests.infer.helpers import blobs, plan_for, save_nifti
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import sys, time
 from pathlib import Path
-import tasks.infer as infer
-from tasks.model_package import load_model
+import tasks.inference.batch as infer
+from tasks.tracking.model_package import load_model
 checkpoint, inbox, out = sys.argv[1:4]
 model, plan = load_model(checkpoint)
 original = infer.segment_case

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 
 from tasks.config import DataConfig
-from tasks.ingest import ingest_dataset
+from tasks.ingest.batch import ingest_dataset
 from tests.ingest.makers import LABELS, save_nifti, write_seg, write_series
 
 rng = np.random.default_rng(0)

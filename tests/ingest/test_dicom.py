@@ -9,10 +9,10 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import JPEGLosslessSV1
 
+from tasks.common.names import pseudonym
 from tasks.config import DataConfig
-from tasks.geometry import affine_from_sitk
-from tasks.ingest import ingest_dataset
-from tasks.ingest_names import pseudonym
+from tasks.imaging.geometry import affine_from_sitk
+from tasks.ingest.batch import ingest_dataset
 from tests.ingest.makers import LABELS, PATIENT, save_nifti, sitk_series, write_seg, write_series
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.config import DataConfig
-from tasks.ingest import ingest_dataset
+from tasks.ingest.batch import ingest_dataset
 from tests.conftest import REPO
 from tests.ingest.makers import LABELS, save_nifti
 

@@ -7,9 +7,10 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from tasks.common.hashing import sha256_file
 from tasks.config import DataConfig
-from tasks.geometry import affine_from_sitk
-from tasks.ingest import ingest_dataset, sha256_file
+from tasks.imaging.geometry import affine_from_sitk
+from tasks.ingest.batch import ingest_dataset
 from tests.ingest.makers import LABELS, save_nifti
 
 LPS = np.diag([-0.8, -0.8, 2.5, 1.0])  # an LPS-oriented, anisotropic volume

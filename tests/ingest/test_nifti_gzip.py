@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tasks import nifti_gzip
-from tasks.nifti_gzip import save_nifti_gz
+from tasks.imaging import nifti_writer as nifti_gzip
+from tasks.imaging.nifti_writer import save_nifti_gz
 
 AFFINE = np.array([[-0.7, 0, 0, 12.5], [0, 0.8, 0, -3.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])
 

@@ -21,8 +21,8 @@ def test_preprocess_and_batch_inference_on_a_two_worker_local_cluster(tmp_path: 
     from flows.infer import infer_flow
     from flows.ingest import ingest_flow
     from flows.preprocess import preprocess_flow
-    from tasks.model_package import build_model, save_checkpoint
-    from tasks.synthetic import SyntheticSpec, write_synthetic_dataset
+    from tasks.ingest.synthetic import SyntheticSpec, write_synthetic_dataset
+    from tasks.tracking.model_package import build_model, save_checkpoint
 
     root = tmp_path / "project"
     root.mkdir()

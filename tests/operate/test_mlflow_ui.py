@@ -20,7 +20,7 @@ def two_variant_runs(root: Path) -> str:
     import mlflow
 
     from tasks.config import TrackingConfig
-    from tasks.tracking import configure_tracking
+    from tasks.tracking.store import configure_tracking
 
     experiment_id = configure_tracking(TrackingConfig(), root)
     for variant, dice in (("unet", 0.81), ("unetpp", 0.84)):

@@ -53,7 +53,7 @@ def deployment_run(project: Path, env: dict[str, str], name: str, *params: str) 
 
 
 def test_serve_deploy_run_both_deployments_and_stop(project: Path, tmp_path: Path) -> None:
-    from tasks.synthetic import SyntheticSpec, write_synthetic_dataset
+    from tasks.ingest.synthetic import SyntheticSpec, write_synthetic_dataset
 
     shutil.copy(REPO / "prefect.yaml", project / "prefect.yaml")
     write_synthetic_dataset(project / "data", SyntheticSpec(n_train=10, n_test=2, size=48, cells=(3, 6),

@@ -39,8 +39,8 @@ def write_axial_slices(raw: Path, slices: range) -> None:
 def test_grey_and_white_matter_are_learned_from_real_mri(tmp_path: Path, prefect_harness) -> None:
     from flows.ingest import ingest_flow
     from flows.preprocess import preprocess_flow
-    from tasks.evaluate import evaluate_model
-    from tasks.train import train_model
+    from tasks.evaluation.evaluate import evaluate_model
+    from tasks.training.trainer import train_model
 
     root = tmp_path / "mni"
     write_axial_slices(root / "data", range(24, 72, 2))
@@ -66,7 +66,7 @@ def test_grey_and_white_matter_are_learned_from_real_mri(tmp_path: Path, prefect
 
 
 def test_real_volume_ingests_with_the_geometry_simpleitk_reads(tmp_path: Path) -> None:
-    from tasks.ingest import ingest_dataset
+    from tasks.ingest.batch import ingest_dataset
 
     raw = tmp_path / "data"
     (raw / "imagesTr").mkdir(parents=True)

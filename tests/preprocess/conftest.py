@@ -14,18 +14,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tasks.checksums import sha256_file
+from tasks.common.hashing import sha256_file
 from tasks.config import Params, validate_params
-from tasks.preprocess import (
-    case_intensity_sample,
-    intensity_statistics,
-    make_plan,
-    plan_split,
-    preprocess_case,
-    training_cases,
-    write_plan,
-)
-from tasks.synthetic import SyntheticSpec, cell_image
+from tasks.ingest.synthetic import SyntheticSpec, cell_image
+from tasks.preprocess.cases import preprocess_case
+from tasks.preprocess.intensity_stats import case_intensity_sample, intensity_statistics
+from tasks.preprocess.planning import make_plan, plan_split, training_cases, write_plan
 
 TINY = SyntheticSpec(n_train=5, n_test=0, size=32, cells=(3, 5), radius=(4.0, 7.0), noise=0.1, seed=3)
 

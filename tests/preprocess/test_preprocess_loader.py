@@ -15,7 +15,7 @@ from scipy import ndimage
 from monai_ext.losses import build_loss
 from monai_ext.transforms import RandUNetElasticd, unet_weight_map
 from tasks.config import AugmentConfig, validate_params
-from tasks.data import (
+from tasks.training.data_loader import (
     case_records,
     load_cases,
     training_dataset,
@@ -99,7 +99,7 @@ def test_loader_batches_carry_weight_maps_aligned_with_labels_and_feed_weighted_
     root, params, plan = preprocessed
     items = load_cases(root / params.preprocess.output_dir, plan["split"]["train"])
     torch.manual_seed(0)
-    loader = training_loader(items, plan, 2, params.train.augment)  # what tasks/train.py calls
+    loader = training_loader(items, plan, 2, params.train.augment)  # what the trainer calls
     assert isinstance(loader.dataset, CacheDataset)  # deterministic part cached (loader_cache: memory)
     batches = list(loader)
     assert batches

@@ -5,14 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.preprocess import (
-    Split,
-    foreground_intensities,
-    intensity_statistics,
-    normalization_from,
-    normalize,
-    training_cases,
-)
+from tasks.common.normalization import normalize
+from tasks.preprocess.intensity_stats import foreground_intensities, intensity_statistics, normalization_from
+from tasks.preprocess.planning import Split, training_cases
 from tests.preprocess.conftest import preprocess
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tasks.config import Params, load_params
-from tasks.synthetic import SyntheticSpec, write_synthetic_dataset
+from tasks.ingest.synthetic import SyntheticSpec, write_synthetic_dataset
 
 TINY = {
     "data": {"val_fraction": 0.2, "test_fraction": 0.2},

@@ -15,12 +15,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from tasks.compare import compare_variants
 from tasks.config import Params
-from tasks.model_package import load_checkpoint, load_model
-from tasks.registry import decide_promotion, promote_if_better
-from tasks.tracking import TrackingError, configure_tracking
-from tasks.train import train_model
+from tasks.evaluation.compare import compare_variants
+from tasks.tracking.model_package import load_checkpoint, load_model
+from tasks.tracking.registry import decide_promotion, promote_if_better
+from tasks.tracking.store import TrackingError, configure_tracking
+from tasks.training.trainer import train_model
 
 
 def test_two_epochs_tracked_and_registered(trained_project):
@@ -49,7 +49,7 @@ def test_two_epochs_tracked_and_registered(trained_project):
 SCRIPT = """
 import sys, time
 from pathlib import Path
-import tasks.train as t
+import tasks.training.trainer as t
 from tasks.config import load_params
 root = Path(sys.argv[1])
 params = load_params(root / "params.yaml")
@@ -152,7 +152,7 @@ def test_ddp_with_gloo_on_two_cpu_processes(trained_project):
     root, params = trained_project
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "tasks.distributed", "--root", str(root), "--params", "params.yaml"],
+                    "-m", "tasks.training.ddp_worker", "--root", str(root), "--params", "params.yaml"],
                    cwd=root, env=env, check=True, timeout=300)
     info = __import__("json").loads((root / "outputs" / "model" / "train.json").read_text())
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")

@@ -82,7 +82,7 @@ def log_overlays(model: nn.Module, items: list[dict], plan: dict, prefix: str = 
     """One PNG per case (the middle slice in 3D) so predictions can be eyeballed in the UI."""
     import mlflow
 
-    from tasks.inference import predict_labels
+    from tasks.inference.sliding_window import predict_labels
 
     for item in items:
         prediction = predict_labels(model, item["image"], tuple(plan["patch_size"]))

@@ -1,13 +1,12 @@
 """Multi-process training (DDP) through ``torchrun``: one process per GPU, or per CPU core with gloo.
 
-``torchrun`` starts ``python -m tasks.distributed`` once per process; each process runs the same
+``torchrun`` starts ``python -m tasks.training.ddp_worker`` once per process; each process runs the same
 ``train_model`` on its shard of the training cases. Only rank 0 talks to MLflow, validates and
 writes checkpoints; gradients are averaged by DDP (on GPUs batch-norm statistics are synchronised too).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -77,7 +76,7 @@ def launch(nproc: int, root: Path, params_file: str | None, overrides: list[str]
 
     params = load_params(None if params_file is None else root / params_file, overrides)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "tasks.distributed", "--root", str(root)]
+               "-m", "tasks.training.ddp_worker", "--root", str(root)]
     if params_file is not None:
         command += ["--params", str(params_file)]
     for override in overrides:
@@ -86,21 +85,3 @@ def launch(nproc: int, root: Path, params_file: str | None, overrides: list[str]
         command.append("--resume")
     subprocess.run(command, cwd=root, check=True)
     return json.loads((root / params.train.output_dir / "train.json").read_text(encoding="utf-8"))
-
-
-def main(argv: list[str] | None = None) -> None:
-    from tasks.config import load_params
-    from tasks.train import train_model
-
-    parser = argparse.ArgumentParser(description="one torchrun process of unetflow training")
-    parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--params", default=None)
-    parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
-    params = load_params(None if args.params is None else args.root / args.params, args.set)
-    train_model(params, args.root.resolve(), resume=args.resume)
-
-
-if __name__ == "__main__":
-    main()

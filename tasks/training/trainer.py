@@ -15,8 +15,6 @@ import contextlib
 import json
 import logging
 import math
-import random
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,11 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.atomic import write_json
-from tasks.config import Params, TrainConfig
-from tasks.data import load_cases, training_loader
-from tasks.inference import dice_per_class, predict_labels
-from tasks.model_package import PLAN_FILE, build_model, load_checkpoint, save_checkpoint
+from tasks.common.atomic import write_json
+from tasks.config import Params
+from tasks.tracking.model_package import PLAN_FILE, build_model, load_checkpoint, save_checkpoint
+from tasks.training.checkpoint import rng_state, seed_everything, set_rng_state
+from tasks.training.data_loader import load_cases, training_loader
+from tasks.training.epochs import run_epoch, validate
+from tasks.training.optim import count_parameters, make_loss, make_optimizer, make_scheduler, peak_memory_mb
 
 log = logging.getLogger("unetflow.train")
 
@@ -54,38 +54,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
 
-# ---------------------------------------------------------------------------- reproducibility
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """All RNG states as tensors and plain values, so the checkpoint loads with ``weights_only``."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
-                                                        has_gauss, cached],
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(tuple(item if not isinstance(item, list) else tuple(item) for item in state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---------------------------------------------------------------------------- building blocks
-
-
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -94,87 +62,11 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    # nnU-Net's choice: SGD, Nesterov momentum 0.99.
-    return torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.99, nesterov=True,
-                           weight_decay=config.weight_decay)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    epochs = config.epochs
-    if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if config.scheduler == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=epochs, power=0.9)
-
-
-def make_loss(params: Params) -> nn.Module:
-    from monai_ext.losses import build_loss
-
-    return build_loss(params.train.loss, **params.train.loss_options)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """GPU: peak allocated by torch. CPU: the process's peak resident set (a high-water mark)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
-def run_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-              scaler: torch.amp.GradScaler, device: torch.device, config: TrainConfig,
-              use_weights: bool) -> float:
-    """One pass over the loader; returns the mean loss."""
-    model.train()
-    amp = config.amp and device.type == "cuda"
-    losses = []
-    for step, batch in enumerate(loader):
-        if config.max_steps_per_epoch and step >= config.max_steps_per_epoch:
-            break
-        image = batch["image"].to(device, non_blocking=True)
-        label = batch["label"].to(device, non_blocking=True).long()
-        weight = batch["weight"].to(device, non_blocking=True) if use_weights else None
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=amp):
-            output = model(image)
-        loss = loss_fn(output, label, weight)
-        scaler.scale(loss).backward()
-        if config.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(float(loss.detach()))
-    return float(np.mean(losses)) if losses else math.nan
-
-
-def validate(model: nn.Module, items: list[dict], plan: dict, device: torch.device) -> dict[str, float]:
-    scores: dict[int, list[float]] = {}
-    for item in items:
-        prediction = predict_labels(model, item["image"], tuple(plan["patch_size"]), device=device)
-        for cls, score in dice_per_class(prediction, item["label"][0], plan["num_classes"]).items():
-            scores.setdefault(cls, []).append(score)
-    metrics = {f"val_dice_{cls}": float(np.mean(values)) for cls, values in scores.items()}
-    metrics["val_dice"] = float(np.mean(list(metrics.values()))) if metrics else 0.0
-    return metrics
-
-
 def _progress() -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                     TimeRemainingColumn(), disable=not sys.stderr.isatty(), transient=True)
-
-
-# ---------------------------------------------------------------------------- the trainer
 
 
 def train_model(params: Params, root: Path, resume: bool = False, *, output_dir: Path | None = None,
@@ -187,9 +79,9 @@ def train_model(params: Params, root: Path, resume: bool = False, *, output_dir:
     """
     import mlflow
 
-    from tasks.distributed import DistributedContext
-    from tasks.tracking import configure_tracking
-    from tasks.tracking_artifacts import log_learning_curve, log_overlays, tracking_tags
+    from tasks.tracking.artifacts import log_learning_curve, log_overlays, tracking_tags
+    from tasks.tracking.store import configure_tracking
+    from tasks.training.distributed import DistributedContext
 
     config = params.train
     ctx = DistributedContext.from_env()

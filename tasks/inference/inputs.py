@@ -7,7 +7,7 @@
 
 Nothing is dropped silently: an odd file (channel gap, unsafe name, unreadable DICOM header) becomes
 a *problem* with its name and the reason, and DICOM SEG objects (e.g. an earlier run's output) are
-listed as ignored. Series discovery reuses :mod:`tasks.dicom_series` (the ingest reader).
+listed as ignored. Series discovery reuses :mod:`tasks.imaging.dicom_series` (the ingest reader).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tasks.dicom_series import SliceHeader, looks_like_dicom, scan
-from tasks.ingest_names import printable, pseudonym, safe_case_id, unsafe_id
-from tasks.sources import strip_nifti_suffix
+from tasks.common.names import printable, pseudonym, safe_case_id, unsafe_id
+from tasks.imaging.dicom_series import SliceHeader, looks_like_dicom, scan
+from tasks.ingest.sources import strip_nifti_suffix
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 

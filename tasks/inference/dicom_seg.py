@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from tasks.atomic import atomic_path
+from tasks.common.atomic import atomic_path
 
 SOFTWARE = "unetflow"
 

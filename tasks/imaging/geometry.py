@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from tasks.ingest_errors import CaseRejected
+from tasks.common.errors import CaseRejected
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

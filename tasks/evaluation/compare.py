@@ -10,12 +10,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from tasks.atomic import write_json, write_text
+from tasks.common.atomic import write_json, write_text
 from tasks.config import Params
-from tasks.data import load_cases
-from tasks.evaluate import score_cases, summarize
-from tasks.model_package import load_model
-from tasks.train import pick_device, train_model
+from tasks.evaluation.evaluate import score_cases, summarize
+from tasks.tracking.model_package import load_model
+from tasks.training.data_loader import load_cases
+from tasks.training.trainer import pick_device, train_model
 
 COLUMNS = ("variant", "test_dice", "test_iou", "best_val_dice", "parameters", "seconds_per_epoch", "peak_memory_mb")
 
@@ -35,7 +35,7 @@ def format_table(rows: list[dict]) -> str:
 def compare_variants(params: Params, root: Path, variants: list[str]) -> list[dict]:
     import mlflow
 
-    from tasks.tracking import configure_tracking
+    from tasks.tracking.store import configure_tracking
 
     configure_tracking(params.tracking, root)
     # Validate every variant before training the first, so a typo does not waste the others' time.

@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tasks.atomic import atomic_path
+from tasks.common.atomic import atomic_path
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import nibabel as nib
 import numpy as np
 from isal import isal_zlib
 
-from tasks.atomic import atomic_path
-from tasks.checksums import sha256_file
+from tasks.common.atomic import atomic_path
+from tasks.common.hashing import sha256_file
 
 __all__ = ["save_nifti_gz"]
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from tasks.common.names import carries_identity, printable, pseudonym, redact, safe_case_id, unsafe_id
 from tasks.config import DataConfig
-from tasks.dicom_series import SliceHeader, scan
-from tasks.ingest_names import carries_identity, printable, pseudonym, redact, safe_case_id, unsafe_id
+from tasks.imaging.dicom_series import SliceHeader, scan
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")

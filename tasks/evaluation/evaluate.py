@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.atomic import write_json, write_text
+from tasks.common.atomic import write_json, write_text
 from tasks.config import Params
-from tasks.data import load_cases
-from tasks.inference import dice_per_class, hd95_per_class, iou_per_class, predict_labels
-from tasks.model_package import load_model
-from tasks.train import pick_device
+from tasks.evaluation.metrics import dice_per_class, hd95_per_class, iou_per_class
+from tasks.inference.sliding_window import predict_labels
+from tasks.tracking.model_package import load_model
+from tasks.training.data_loader import load_cases
+from tasks.training.trainer import pick_device
 
 
 @dataclass
@@ -56,7 +57,7 @@ def summarize(rows: list[dict]) -> tuple[float, float]:
 def evaluate_model(params: Params, root: Path) -> EvaluationResult:
     import mlflow
 
-    from tasks.tracking import configure_tracking
+    from tasks.tracking.store import configure_tracking
 
     configure_tracking(params.tracking, root)
     train_info = json.loads((root / params.train.output_dir / "train.json").read_text(encoding="utf-8"))

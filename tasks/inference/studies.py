@@ -3,7 +3,7 @@
 The model saw canonical (closest-RAS) voxels in training — ingest reorders axes without resampling —
 so a study is reordered the same way, segmented, and the mask is reordered back: the NIfTI output
 has the input's exact shape, affine, qform/sform (codes included), and for a DICOM series the grid
-the slice headers describe (checked against SimpleITK's reading by :mod:`tasks.dicom_series`).
+the slice headers describe (checked against SimpleITK's reading by :mod:`tasks.imaging.dicom_series`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from tasks.atomic import atomic_path
-from tasks.dicom_series import SeriesPlan, check_series, read_volume
-from tasks.geometry import check_same_grid
-from tasks.infer_inputs import InferCase
-from tasks.ingest_names import printable
+from tasks.common.atomic import atomic_path
+from tasks.common.names import printable
+from tasks.imaging.dicom_series import SeriesPlan, check_series, read_volume
+from tasks.imaging.geometry import check_same_grid
+from tasks.inference.inputs import InferCase
 
 
 @dataclass

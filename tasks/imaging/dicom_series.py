@@ -29,9 +29,9 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from tasks.geometry import LPS_TO_RAS, affine_from_sitk, difference
-from tasks.ingest_errors import CaseRejected
-from tasks.ingest_names import identity_tokens
+from tasks.common.errors import CaseRejected
+from tasks.common.names import identity_tokens
+from tasks.imaging.geometry import LPS_TO_RAS, affine_from_sitk, difference
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 _TAG = {keyword: tag_for_keyword(keyword) for keyword in (

@@ -28,7 +28,7 @@ def build_model(plan: dict[str, Any]) -> nn.Module:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomic: a kill during ``torch.save`` leaves the previous checkpoint intact."""
-    from tasks.atomic import atomic_path
+    from tasks.common.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -1,0 +1,1 @@
+"""Pieces every stage shares: atomic writes, hashing, the typed plan, normalisation, devices, names, errors."""

@@ -1,0 +1,149 @@
+"""The plan: what preprocessing decided from the data, and what everything downstream only executes.
+
+As in nnU-Net, one stage owns it: ``unetflow preprocess`` decides it (``tasks.preprocess.planning``) and
+writes ``plan.json``; the trainer, the evaluator and inference read it and never change it. It travels
+with every registered model, so inference applies exactly the preprocessing the weights were trained on.
+
+JSON form (``plan.json``, ``Plan.model_dump(mode="json")``)::
+
+    {"version": 1,
+     "spatial_dims": 2,                       # 2: X×Y images (Z = 1), 3: volumes
+     "in_channels": 1, "num_classes": 2,      # network input channels / output classes (background included)
+     "label_names": {"background": 0, "cell": 1},
+     "normalization": {"channels": [{"scheme": "zscore"}]},   # per channel: zscore | none | ct (+ clip/mean/std)
+     "intensity_statistics": {"cases": [...], "channels": [{"fg_mean": …, "fg_std": …, …}]},
+     "patch_size": [48, 48],                  # training patch and default sliding-window size, voxels
+     "weight_maps": true,                     # cases carry the U-Net weight map
+     "split": {"train": [...], "val": [...], "test": [...]},
+     "network": {"name": "unet", "features": [16, 32, 64, 128], "norm": "batch", "options": {}}}
+
+Older plans (before ``version``) wrote the network options flat next to ``name`` and could hold a
+single-scheme normalisation (``{"scheme": "zscore"}``); both still load, into this form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+PLAN_FILE = "plan.json"
+PLAN_VERSION = 1
+
+_NETWORK_KEYS = ("name", "features", "norm", "options")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkSpec(_Frozen):
+    """Which network the plan trains: a ``monai_ext.networks`` name, its widths, norm and options."""
+
+    name: str
+    features: tuple[int, ...]
+    norm: str | None = "batch"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_options(cls, data: Any) -> Any:
+        """Older plans kept options flat (``{"name": "unet", "padding": "valid"}``)."""
+        if isinstance(data, dict) and set(data) - set(_NETWORK_KEYS):
+            extra = {k: v for k, v in data.items() if k not in _NETWORK_KEYS}
+            data = {**{k: v for k, v in data.items() if k in _NETWORK_KEYS},
+                    "options": {**data.get("options", {}), **extra}}
+        return data
+
+
+class ChannelNormalization(_Frozen):
+    """One channel's intensity normalisation; ``ct`` carries the training foreground's clip range and stats."""
+
+    scheme: Literal["zscore", "ct", "none"]
+    clip: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+
+    @model_validator(mode="after")
+    def _ct_has_numbers(self) -> ChannelNormalization:
+        if self.scheme == "ct" and (self.clip is None or self.mean is None or self.std is None):
+            raise ValueError("a 'ct' channel needs clip, mean and std")
+        return self
+
+
+class Normalization(_Frozen):
+    channels: tuple[ChannelNormalization, ...]
+
+
+class Split(_Frozen):
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+class IntensityStatistics(_Frozen):
+    """Which cases the statistics came from (training cases only) and the per-channel figures."""
+
+    cases: tuple[str, ...]
+    channels: tuple[dict[str, float | int | None], ...]
+
+
+class Plan(_Frozen):
+    version: int = PLAN_VERSION
+    spatial_dims: Literal[2, 3]
+    in_channels: int = Field(gt=0)
+    num_classes: int = Field(gt=1)
+    label_names: dict[str, int]
+    normalization: Normalization
+    intensity_statistics: IntensityStatistics | None = None
+    patch_size: tuple[int, ...]
+    weight_maps: bool = False
+    split: Split
+    network: NetworkSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_forms(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            norm = data.get("normalization")
+            if isinstance(norm, dict) and "scheme" in norm and "channels" not in norm:
+                data = {**data, "normalization": {"channels": [norm] * int(data.get("in_channels", 1))}}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Plan:
+        if len(self.patch_size) != self.spatial_dims:
+            raise ValueError(f"patch_size {list(self.patch_size)} does not have {self.spatial_dims} axes")
+        if len(self.normalization.channels) != self.in_channels:
+            raise ValueError(f"normalization has {len(self.normalization.channels)} channels, "
+                             f"in_channels is {self.in_channels}")
+        if sorted(self.label_names.values()) != list(range(self.num_classes)):
+            raise ValueError(f"label_names {self.label_names} do not number the {self.num_classes} classes 0..N-1")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def read(cls, path: Path) -> Plan:
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def write(self, path: Path) -> None:
+        from tasks.common.atomic import write_json
+
+        write_json(path, self.to_json())
+
+    def with_network(self, network: NetworkSpec) -> Plan:
+        """The same data plan for another network (``compare`` trains several on one preprocessing)."""
+        return self.model_copy(update={"network": network})
+
+
+def build_model(plan: Plan) -> nn.Module:
+    """The plan's network, untrained, through the one ``monai_ext.networks.build_network`` factory."""
+    from monai_ext.networks import build_network
+
+    spec = plan.network
+    return build_network(spec.name, plan.spatial_dims, plan.in_channels, plan.num_classes,
+                         features=spec.features, norm=spec.norm, **spec.options)

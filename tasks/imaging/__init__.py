@@ -1,0 +1,1 @@
+"""Medical image files as ingest and inference both read and write them: NIfTI, DICOM series, geometry."""

@@ -1,0 +1,201 @@
+"""Batch inference: segment every study in a folder, each on its own, resumable, on the input's own grid.
+
+A hospital runs this overnight on hundreds of studies, so:
+
+* cases are independent — :func:`run_case` never raises for a bad study; its outcome names the file
+  and the reason, and the batch goes on;
+* every output is written atomically, and the per-case report ``<case>.json`` is written *last*: it
+  marks the case done. A rerun skips a case whose report matches the same inputs, weights and
+  settings (and whose outputs exist), so after a crash only the missing cases run;
+* preprocessing is the model's plan (normalisation, channels, 2D/3D, patch size), never a constant
+  copied here; the mask is reordered back to the input's voxel grid (:mod:`tasks.inference.studies`);
+* the CGM classifier, when the network has one, gates the segmentation (:mod:`tasks.inference.postprocess`)
+  and the report says how much it removed.
+
+Per case: ``<case>.nii.gz`` (label map), ``<case>.seg.dcm`` (DICOM inputs) and ``<case>.json``
+(class volumes in ml, CGM probabilities, what the filters removed, timings); per batch
+``summary.csv`` and ``summary.json``. Plain functions; the Prefect flow only maps :func:`run_case`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tasks.common.atomic import write_json, write_text
+from tasks.inference.inputs import InferCase, InputProblem, discover_cases
+from tasks.inference.segment import InferSettings, segment_case
+
+
+@dataclass
+class CaseOutcome:
+    """One summary row. ``status``: done, skipped (done by an earlier run), failed, ignored (not an image)."""
+
+    case_id: str
+    status: str
+    source: str = ""
+    mask: str = ""
+    seg: str = ""
+    error: str = ""
+    seconds: float = 0.0
+    foreground_voxels: int = 0
+    volumes_ml: str = ""
+    cgm_removed_voxels: int = 0
+    cgm_removed_slices: int = 0
+    lcc_removed_voxels: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- the model
+_MODELS: dict[tuple[str, str], tuple[nn.Module, dict]] = {}
+
+
+_MODELS_LOCK = threading.Lock()
+
+
+def cached_model(ref: str, device: torch.device) -> tuple[nn.Module, dict]:
+    """(model, plan) for ``ref`` once per process: threads share it, each Dask worker loads it once."""
+    key = (ref, str(device))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            from tasks.tracking.model_package import load_model
+
+            model, plan = load_model(ref, map_location=device)
+            _MODELS[key] = (model.to(device).eval(), plan)
+        return _MODELS[key]
+
+
+def register_model(ref: str, device: torch.device, model: nn.Module, plan: dict) -> None:
+    """Seed the cache with a model already loaded (the flow's), so thread workers do not load it again."""
+    with _MODELS_LOCK:
+        _MODELS[(ref, str(device))] = (model.to(device).eval(), plan)
+
+
+def model_identity(model: nn.Module) -> str:
+    """sha256 of the weights: an alias (``@champion``) that moves to new weights makes old masks stale."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def completed_report(case: InferCase, output_dir: Path, settings: InferSettings) -> dict[str, Any] | None:
+    """The earlier run's report when it is for the same inputs, weights and settings and its files exist."""
+    path = output_dir / f"{case.case_id}.json"
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+        if report.get("key") != settings.key(case):
+            return None
+        if all(Path(p).exists() for p in report.get("outputs", {}).values()):
+            return report
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
+
+
+def _outcome(report: dict[str, Any], status: str, seconds: float) -> CaseOutcome:
+    return CaseOutcome(
+        case_id=report["case_id"], status=status, source=report["source"], mask=report["outputs"]["mask"],
+        seg=report["outputs"].get("seg", ""), seconds=round(seconds, 4), foreground_voxels=report["foreground_voxels"],
+        volumes_ml=json.dumps(report["class_volumes_ml"], sort_keys=True),
+        cgm_removed_voxels=report["cgm"]["removed_voxels"], cgm_removed_slices=len(report["cgm"]["removed_slices"]),
+        lcc_removed_voxels=report["keep_largest_component"]["removed_voxels"])
+
+
+def run_case(case: InferCase, output_dir: Path, settings: InferSettings, model: nn.Module | str,
+             plan: dict | None = None) -> CaseOutcome:
+    """Never raises for a bad input: the outcome says what happened to the case.
+
+    ``model`` is a loaded network (with its ``plan``) or a reference :func:`cached_model` loads once per
+    process (a Dask worker gets a checkpoint path, not a pickled network).
+    """
+    output_dir = Path(output_dir)
+    try:
+        done = completed_report(case, output_dir, settings)
+        if done is not None:
+            return _outcome(done, "skipped", 0.0)
+        started = time.perf_counter()
+        device = settings.torch_device()
+        if isinstance(model, str):
+            model, plan = cached_model(model, device)
+        assert plan is not None, "a loaded model needs its plan"
+        report = segment_case(model, plan, case, output_dir, settings, device)
+        return _outcome(report, "done", time.perf_counter() - started)
+    except Exception as error:  # one bad study never stops the batch
+        message = str(error) if case.shown.split(",")[0] in str(error) else f"{case.shown}: {error}"
+        return CaseOutcome(case.case_id, "failed", source=case.shown, error=f"{message} ({type(error).__name__})")
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def problem_outcomes(problems: list[InputProblem]) -> list[CaseOutcome]:
+    return [CaseOutcome(p.case_id, p.status, error=p.reason) for p in problems]
+
+
+def remove_stale_temporaries(output_dir: Path) -> int:
+    """Half-written files a killed run left (``.name.XXXX.tmp…`` from :func:`tasks.atomic.atomic_path`).
+
+    Only one batch may write to an output folder at a time: a second one's temporaries would go too.
+    """
+    removed = 0
+    if Path(output_dir).is_dir():
+        for path in Path(output_dir).glob(".*.tmp*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def run_batch(input_dir: Path, output_dir: Path, settings: InferSettings, model: nn.Module, plan: dict,
+              salt: str = "unetflow") -> list[CaseOutcome]:
+    """The whole batch in this process, one case after the other (no Prefect): tests, benchmarks, scripts."""
+    remove_stale_temporaries(output_dir)
+    cases, problems = discover_cases(input_dir, exclude=output_dir, salt=salt)
+    outcomes = [run_case(case, output_dir, settings, model, plan) for case in cases]
+    outcomes = sorted(outcomes + problem_outcomes(problems), key=lambda o: o.case_id)
+    write_summary(output_dir, outcomes)
+    return outcomes
+
+
+def write_summary(output_dir: Path, outcomes: list[CaseOutcome]) -> Path:
+    """``summary.csv`` (one row per case, failures with their reason) and ``summary.json`` (counts)."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=[f for f in CaseOutcome.__dataclass_fields__])
+    writer.writeheader()
+    writer.writerows(asdict(o) for o in outcomes)
+    path = Path(output_dir) / "summary.csv"
+    write_text(path, table.getvalue())
+    write_json(Path(output_dir) / "summary.json", {
+        **{s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "ignored")},
+        "failed_cases": [{"case_id": o.case_id, "error": o.error} for o in outcomes if o.status == "failed"],
+        "ignored_files": [{"case_id": o.case_id, "reason": o.error} for o in outcomes if o.status == "ignored"],
+    })
+    return path
+
+
+@dataclass
+class BatchCounts:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    ignored: int = 0
+    failed_cases: list[dict[str, str]] = field(default_factory=list)
+
+
+def count(outcomes: list[CaseOutcome]) -> BatchCounts:
+    counts = BatchCounts(**{s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "ignored")})
+    counts.failed_cases = [{"case_id": o.case_id, "error": o.error} for o in outcomes if o.status == "failed"]
+    return counts

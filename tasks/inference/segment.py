@@ -1,0 +1,187 @@
+"""One study through the model: the plan's preprocessing, sliding windows, CGM gate, the mask on the input's grid.
+
+Preprocessing is the model's plan (normalisation, channels, 2D/3D, patch size), never a constant copied
+here; the mask is reordered back to the input's voxel grid (:mod:`tasks.inference.studies`); the CGM
+classifier, when the network has one, gates the segmentation (:mod:`tasks.inference.postprocess`) and the
+report says how much it removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.common.atomic import write_json
+from tasks.common.normalization import normalize, to_channel_first
+from tasks.config import DataConfig, InferConfig
+from tasks.inference.inputs import InferCase
+from tasks.inference.postprocess import FilterReport, gate_images, gate_voxels, keep_largest_component
+from tasks.inference.sliding_window import WindowSettings, has_cgm, predict_windows, roi_size_for
+from tasks.inference.studies import LoadedStudy, load_study, shown_name, to_input_space, to_model_space, write_mask
+
+REPORT_VERSION = 1  # bump when an unchanged input would now give a different output
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    """Everything a case's output depends on besides its inputs and the weights (plain, picklable)."""
+
+    roi_size: tuple[int, ...] | None = None
+    overlap: float = 0.25
+    sw_batch_size: int = 4
+    mirror_tta: bool = False
+    device: str = "auto"
+    amp: bool = True
+    stitch_device: str = "auto"
+    cgm_filter: bool = True
+    cgm_threshold: float = 0.5
+    keep_largest_component: bool = False
+    dicom_seg: bool = True
+    tolerance: float = 1e-4
+    spacing_tolerance: float = 0.01
+    max_voxels: int = 1_000_000_000
+    model_id: str = ""
+    input_root: str = ""
+
+    @classmethod
+    def from_config(cls, infer: InferConfig, data: DataConfig, model_id: str = "",
+                    input_root: str | Path = "") -> InferSettings:
+        return cls(roi_size=infer.roi_size, overlap=infer.overlap, sw_batch_size=infer.sw_batch_size,
+                   mirror_tta=infer.mirror_tta, device=infer.device, amp=infer.amp, stitch_device=infer.stitch_device,
+                   cgm_filter=infer.cgm_filter, cgm_threshold=infer.cgm_threshold,
+                   keep_largest_component=infer.keep_largest_component, dicom_seg=infer.dicom_seg,
+                   tolerance=data.geometry_tolerance, spacing_tolerance=data.slice_spacing_tolerance,
+                   max_voxels=data.max_voxels, model_id=model_id, input_root=str(input_root))
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def key(self, case: InferCase) -> str:
+        """What decides whether an existing report is still this run's result (device/runner excluded)."""
+        files = []
+        for path in case.files:
+            stat = path.stat()
+            files.append([path.name, stat.st_size, stat.st_mtime_ns])
+        relevant = {k: v for k, v in asdict(self).items() if k not in ("device", "stitch_device", "input_root")}
+        payload = json.dumps({"version": REPORT_VERSION, "settings": relevant, "files": files}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------------------------------- one case
+def _plan_checks(canonical: np.ndarray, plan: dict, name: str) -> None:
+    if not np.isfinite(canonical).all():
+        raise ValueError(f"{name}: image holds NaN or infinite voxels")
+    channels = canonical.shape[3] if canonical.ndim == 4 else 1
+    if channels != plan["in_channels"]:
+        raise ValueError(f"{name}: {channels} channel(s), the model expects {plan['in_channels']}")
+
+
+def _predict(model: nn.Module, plan: dict, canonical: np.ndarray, settings: InferSettings,
+             device: torch.device) -> tuple[np.ndarray, dict[str, Any], FilterReport]:
+    """Labels on the canonical grid, the CGM record and what the CGM gate removed."""
+    dims = plan["spatial_dims"]
+    window = WindowSettings(roi_size_for(plan, settings.roi_size), settings.overlap, settings.sw_batch_size,
+                            settings.mirror_tta, settings.amp, settings.stitch_device)
+    cgm = has_cgm(model)
+    record: dict[str, Any] = {"available": cgm, "applied": cgm and settings.cgm_filter,
+                              "threshold": settings.cgm_threshold}
+    if dims == 2:  # each 2D image (or slice of a volume) on its own, as in training
+        slices, probabilities = [], []
+        for z in range(canonical.shape[2]):
+            image = to_channel_first(normalize(canonical[:, :, z:z + 1].astype(np.float32), plan["normalization"]), 2)
+            prediction = predict_windows(model, image, window, device)
+            slices.append(prediction.probabilities.argmax(0).to(torch.uint8).numpy())
+            if prediction.window_probabilities:
+                probabilities.append(max(prediction.window_probabilities))
+        labels = np.stack(slices, axis=-1)
+        record.update(level="image" if canonical.shape[2] == 1 else "slice",
+                      probabilities=[round(p, 6) for p in probabilities])
+        if cgm and settings.cgm_filter:
+            labels, report = gate_images(labels, probabilities, settings.cgm_threshold)
+            return labels, record, report
+        return labels, record, FilterReport()
+    image = to_channel_first(normalize(canonical.astype(np.float32), plan["normalization"]), 3)
+    prediction = predict_windows(model, image, window, device)
+    labels = prediction.probabilities.argmax(0).to(torch.uint8).numpy()
+    del image
+    record["level"] = "window"
+    if prediction.window_probabilities:
+        p = np.asarray(prediction.window_probabilities)
+        record["windows"] = {"count": int(p.size), "rejected": int((p < settings.cgm_threshold).sum()),
+                             "min": round(float(p.min()), 6), "max": round(float(p.max()), 6),
+                             "mean": round(float(p.mean()), 6)}
+    if cgm and settings.cgm_filter and prediction.presence is not None:
+        labels, report = gate_voxels(labels, prediction.presence[0].numpy(), settings.cgm_threshold)
+        return labels, record, report
+    return labels, record, FilterReport()
+
+
+def segment_case(model: nn.Module, plan: dict, case: InferCase, output_dir: Path, settings: InferSettings,
+                 device: torch.device | None = None) -> dict[str, Any]:
+    """Segment one case and write its outputs; returns the report (also written as ``<case>.json``)."""
+    device = device or settings.torch_device()
+    name = shown_name(Path(settings.input_root)) if settings.input_root else shown_name(case.files[0].parent)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    study: LoadedStudy = load_study(case, name, settings.tolerance, settings.spacing_tolerance, settings.max_voxels)
+    canonical = to_model_space(study.data, study.affine)
+    _plan_checks(canonical, plan, case.shown)
+    timings["read"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    labels, cgm, cgm_report = _predict(model, plan, canonical, settings, device)
+    del canonical
+    timings["predict"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    lcc = FilterReport()
+    if settings.keep_largest_component:
+        labels, lcc = keep_largest_component(labels)
+    labels = to_input_space(labels, study.affine)
+    timings["postprocess"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    outputs = {"mask": str(write_mask(output_dir / f"{case.case_id}.nii.gz", labels, study))}
+    if study.series is not None and settings.dicom_seg:
+        from tasks.inference.dicom_seg import write_dicom_seg
+
+        outputs["seg"] = str(write_dicom_seg(output_dir / f"{case.case_id}.seg.dcm", labels.reshape(study.series.shape),
+                                             study.series.files, plan.get("label_names", {}), plan["num_classes"],
+                                             settings.model_id or "1"))
+    timings["write"] = time.perf_counter() - clock
+
+    voxel_ml = float(abs(np.linalg.det(study.affine[:3, :3]))) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=plan["num_classes"])
+    names = _class_names(plan)
+    report = {
+        "case_id": case.case_id, "source": case.shown, "kind": case.kind, "key": settings.key(case),
+        "model_id": settings.model_id, "outputs": outputs, "shape": list(study.out_shape),
+        "voxel_ml": voxel_ml, "foreground_voxels": int(counts[1:].sum()),
+        "class_volumes_ml": {names.get(c, str(c)): round(float(counts[c]) * voxel_ml, 6)
+                             for c in range(1, plan["num_classes"])},
+        "cgm": {**cgm, "removed_voxels": cgm_report.removed_voxels, "removed_slices": cgm_report.removed_slices},
+        "keep_largest_component": {"applied": settings.keep_largest_component, "removed_voxels": lcc.removed_voxels},
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    if study.series is not None:
+        report["frame_of_reference_uid"] = study.series.frame_of_reference
+        report["series_instance_uid"] = case.slices[0].series if case.slices else ""
+    write_json(output_dir / f"{case.case_id}.json", report)  # last: it marks the case done
+    return report
+
+
+def _class_names(plan: dict) -> dict[int, str]:
+    names = plan.get("label_names") or {}
+    if isinstance(names, dict):
+        return {int(v): str(k) for k, v in names.items()}
+    return dict(enumerate(str(n) for n in names))

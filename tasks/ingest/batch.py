@@ -1,0 +1,142 @@
+"""The batch: discover the cases, remember the last run, write ``dataset.json`` and ``rejected.json``.
+
+Every write is atomic, so a run killed half-way leaves whole files only, and the next run ends with
+exactly the dataset an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.common.atomic import write_json
+from tasks.common.names import printable
+from tasks.config import DataConfig
+from tasks.ingest.case import CaseResult, ingest_case
+from tasks.ingest.index import INDEX_FILE, INGEST_VERSION, IngestSettings, read_index
+from tasks.ingest.sources import NIFTI_SUFFIXES, CaseSource, discover, strip_nifti_suffix
+
+OUTPUT_FOLDERS = ("imagesTr", "labelsTr", "instancesTr")
+
+
+@dataclass
+class IngestPlan:
+    kind: str
+    sources: list[CaseSource]
+    problems: list[CaseResult]
+    previous: list[dict | None]
+    modality: str
+
+
+def plan_ingest(raw: Path, output_dir: Path, data: DataConfig) -> IngestPlan:
+    """Discover the cases, clear leftovers of a killed run, and recall what the last run made of each."""
+    _remove_temporaries(output_dir)
+    found = discover(raw, data)
+    problems = [CaseResult(case_id, False, reason) for case_id, reason in found.problems]
+    index = read_index(output_dir)
+    modality = data.modality if data.modality != "auto" else (found.modality or "unknown")
+    return IngestPlan(found.kind, found.sources, problems, [index.get(s.case_id) for s in found.sources],
+                      modality)
+
+
+def finish_ingest(output_dir: Path, plan: IngestPlan, case_results: Iterable[CaseResult],
+                  settings: IngestSettings) -> tuple[dict, list[CaseResult]]:
+    """Write ``dataset.json``, ``rejected.json`` and the index; drop outputs of cases no longer accepted."""
+    results = sorted([*plan.problems, *case_results], key=lambda r: (r.case_id, r.reason))
+    accepted = [r for r in results if r.accepted]
+    counts = Counter(r.record["channels"] for r in accepted)
+    if len(counts) > 1:  # preprocess builds one network input: every case needs the same channels
+        usual = max(counts, key=lambda c: (counts[c], -c))
+        for result in accepted:
+            if result.record["channels"] != usual:
+                result.accepted = False
+                result.fingerprint = ""  # depends on the other cases: not remembered in the index
+                result.reason = (f"{result.record['source'].get('image', result.case_id)}: image has "
+                                 f"{result.record['channels']} channel(s), the rest of the dataset {usual}")
+    index = {r.case_id: {"fingerprint": r.fingerprint, "accepted": r.accepted, "reason": r.reason,
+                         "warnings": r.warnings, "record": r.record if r.accepted else None}
+             for r in results if r.fingerprint}
+    cases = [{**r.record, "warnings": r.warnings} for r in results if r.accepted]
+    manifest = {
+        "name": "unetflow-dataset",
+        "source": plan.kind,
+        "modality": plan.modality,
+        "labels": settings.label_names,
+        "instance_labels": settings.instance_labels,
+        "num_cases": len(cases),
+        "cases": cases,
+    }
+    _write_json_if_changed(output_dir / "dataset.json", manifest)
+    _write_json_if_changed(output_dir / "rejected.json", {
+        "rejected": [{"case_id": r.case_id, "reason": r.reason} for r in results if not r.accepted],
+        "warnings": [{"case_id": r.case_id, "warning": w} for r in results if r.accepted for w in r.warnings]})
+    _write_json_if_changed(output_dir / INDEX_FILE, {"version": INGEST_VERSION, "settings": settings.key(),
+                                                     "cases": index})
+    _remove_stale(output_dir, {c["case_id"] for c in cases}, settings.instance_labels)
+    return manifest, results
+
+
+def ingest_dataset(raw: Path, output_dir: Path, data: DataConfig, workers: int = 1,
+                   map_fn: Callable[..., Iterable[CaseResult]] | None = None) -> tuple[dict, list[CaseResult]]:
+    """The whole ingest without Prefect (tests, benchmarks): plan, convert in parallel, finish."""
+    settings = IngestSettings.from_config(data)
+    plan = plan_ingest(raw, output_dir, data)
+
+    def one(args: tuple[CaseSource, dict | None]) -> CaseResult:
+        return ingest_case(args[0], output_dir, settings, args[1])
+
+    pairs = list(zip(plan.sources, plan.previous, strict=True))
+    if map_fn is not None:
+        case_results = list(map_fn(one, pairs))
+    elif workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            case_results = list(pool.map(one, pairs))
+    else:
+        case_results = [one(p) for p in pairs]
+    return finish_ingest(output_dir, plan, case_results, settings)
+
+
+def summary_table(results: list[CaseResult], manifest: dict, output_dir: Path) -> str:
+    """Plain-text summary: counts, then one line per rejected case and per warning."""
+    rejected = [r for r in results if not r.accepted]
+    warnings = [(r.case_id, w) for r in results if r.accepted for w in r.warnings]
+    written = sum(r.written for r in results)
+    unchanged = sum(r.unchanged for r in results)
+    lines = [f"ingest: {manifest['num_cases']} accepted, {len(rejected)} rejected, {len(warnings)} warnings, "
+             f"{written} (re)written, {unchanged} unchanged -> {printable(str(output_dir))}"]
+    rows = [("rejected", r.case_id, r.reason) for r in rejected] + [("warning", c, w) for c, w in warnings]
+    if rows:
+        width = max(len(r[1]) for r in rows)
+        lines.append(f"  {'status':<8}  {'case':<{width}}  reason")
+        lines += [f"  {status:<8}  {case:<{width}}  {reason}" for status, case, reason in rows]
+    return "\n".join(lines)
+
+
+def _write_json_if_changed(target: Path, payload: Any) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    if target.exists() and target.read_text() == text:
+        return
+    write_json(target, payload)
+
+
+def _remove_temporaries(output_dir: Path) -> None:
+    """Hidden ``.name.XXXX.tmp…`` files are what a SIGKILL mid-write leaves behind (see tasks/common/atomic.py)."""
+    if output_dir.is_dir():
+        for path in output_dir.rglob(".*.tmp*"):
+            if path.is_file():
+                path.unlink()
+
+
+def _remove_stale(output_dir: Path, keep: set[str], instance_labels: bool) -> None:
+    """Cases no longer in the source (or now rejected) must not linger in the canonical folder."""
+    for folder in OUTPUT_FOLDERS:
+        for path in (output_dir / folder).glob("*"):
+            stem = strip_nifti_suffix(path.name)
+            if path.is_file() and (stem not in keep or not path.name.endswith(NIFTI_SUFFIXES[0])
+                                   or (folder == "instancesTr" and not instance_labels)):
+                path.unlink()

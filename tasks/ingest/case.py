@@ -1,0 +1,204 @@
+"""One case: read and validate its image and label, write the canonical files, or reject it by name.
+
+``ingest_case`` never raises for bad data: a ``CaseRejected`` becomes a rejected ``CaseResult`` with the
+file and the reason, so one bad case never stops the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from tasks.common.errors import CaseRejected
+from tasks.common.hashing import sha256_file
+from tasks.common.names import printable
+from tasks.imaging.dicom_series import check_series, read_seg, read_volume
+from tasks.imaging.geometry import check_readers_agree, check_same_grid, nifti_affine
+from tasks.imaging.nifti_writer import save_nifti_gz
+from tasks.ingest.index import IngestSettings, fingerprint
+from tasks.ingest.sources import CaseSource
+from tasks.ingest.voxels import image_dtype, label_arrays, label_values, to_ras
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    accepted: bool
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+    record: dict = field(default_factory=dict)
+    written: bool = False
+    unchanged: bool = False
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        # Reasons quote file names; escaping here means no hostile name can forge a log line later.
+        self.reason = printable(self.reason)
+        self.warnings = [printable(w) for w in self.warnings]
+
+
+def _reason(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    return printable(f"{type(error).__name__}: {text}"[:160])
+
+
+def load_nifti(path: Path, name: str, role: str, settings: IngestSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels (X×Y×Z[×C]) and RAS affine of a NIfTI file, after every check that needs no guessing.
+
+    The header is checked before any voxel is read: an absurd size fails fast without allocating
+    it, a short uncompressed file is called truncated, and the geometry must read the same in
+    nibabel and SimpleITK.
+    """
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # nibabel raises many types for broken headers
+        raise CaseRejected(f"{name}: unreadable {role} ({_reason(error)})") from None
+    if not isinstance(image, nib.Nifti1Image):
+        raise CaseRejected(f"{name}: {role} is not a NIfTI-1 file ({type(image).__name__})")
+    shape = tuple(int(s) for s in image.shape)
+    if any(s <= 0 for s in shape) or int(np.prod(shape, dtype=np.int64)) > settings.max_voxels:
+        raise CaseRejected(f"{name}: header claims {role} shape {shape}, refused (limit {settings.max_voxels} voxels)")
+    if len(shape) not in (2, 3, 4) or (role == "label" and len(shape) == 4 and shape[3] != 1):
+        raise CaseRejected(f"{name}: {role} has {len(shape)} dimensions {shape}; expected 2D, 3D"
+                           f"{' or 4D (channels last)' if role == 'image' else ''}")
+    if path.name.endswith(".nii"):
+        needed = int(getattr(image.dataobj, "offset", 352)) + int(np.prod(shape)) * image.get_data_dtype().itemsize
+        if path.stat().st_size < needed:
+            raise CaseRejected(f"{name}: truncated {role} file ({path.stat().st_size} bytes, header needs {needed})")
+    affine = nifti_affine(image, name, settings.tolerance)
+    check_readers_agree(path, image, name, settings.tolerance)
+    try:
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # zlib/EOF errors: a truncated or corrupt .nii.gz
+        raise CaseRejected(f"{name}: {role} data is truncated or corrupt ({_reason(error)})") from None
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if role == "label" and data.ndim == 4:
+        data = data[..., 0]
+    return data, affine
+
+
+def read_image(source: CaseSource, settings: IngestSettings) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(RAS voxels X×Y×Z[×C], RAS affine, the DICOM series plan or None)."""
+    if source.kind == "dicom":
+        plan = check_series(list(source.slices), source.name, settings.spacing_tolerance, settings.max_voxels)
+        data = read_volume(plan, source.name, settings.tolerance,
+                           convert=lambda voxels: image_dtype(voxels, source.name(plan.files[0])))
+        data, affine = to_ras(data, plan.affine)
+        return data, affine, plan
+    channels = []
+    for index, path in enumerate(source.images):
+        data, affine = load_nifti(path, source.name(path), "image", settings)
+        data = image_dtype(data, source.name(path))
+        if channels:
+            check_same_grid(channels[0][0].shape, channels[0][1], data.shape, affine, settings.tolerance,
+                            f"channel {index}", source.name(path))
+            if data.ndim != 3:
+                raise CaseRejected(f"{source.name(path)}: channel file is {data.ndim}D; channel files must be 3D")
+        channels.append((data, affine))
+    if len(channels) == 1:
+        data, affine = channels[0]
+    else:
+        dtype = np.result_type(*(c[0].dtype for c in channels))
+        data, affine = np.stack([c[0].astype(dtype) for c in channels], axis=3), channels[0][1]
+    data, affine = to_ras(data, affine)
+    return data, affine, None
+
+
+def read_label(source: CaseSource, plan: Any, image_shape: tuple[int, ...], image_affine: np.ndarray,
+               settings: IngestSettings) -> np.ndarray:
+    """Integer label on the image's RAS grid; any geometry mismatch is a rejection, never a resample."""
+    assert source.label is not None
+    name = source.name(source.label)
+    if source.label_kind == "seg":
+        data, affine = to_ras(read_seg(source.label, plan, source.name), plan.affine)
+    else:
+        data, affine = to_ras(*load_nifti(source.label, name, "label", settings))
+    check_same_grid(image_shape, image_affine, data.shape, affine, settings.tolerance, "label", name)
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.isfinite(data).all():
+            raise CaseRejected(f"{name}: label holds NaN or infinite values")
+        if not np.all(np.equal(np.mod(data, 1), 0)):
+            raise CaseRejected(f"{name}: label values are not integers")
+    elif not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
+        raise CaseRejected(f"{name}: label voxels are not numbers ({data.dtype})")
+    if not np.issubdtype(data.dtype, np.integer):  # floats holding integers, or bool; integer labels stay as they are
+        data = data.astype(np.int64)
+    if data.size and data.min() < 0:
+        raise CaseRejected(f"{name}: negative label values {sorted(set(np.unique(data[data < 0]).tolist()))[:5]}")
+    return data
+
+
+def _outputs_intact(output_dir: Path, record: dict) -> bool:
+    try:
+        return all(sha256_file(output_dir / rel) == record["sha256"][role] for role, rel in record["files"].items())
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+def ingest_case(source: CaseSource, output_dir: Path, settings: IngestSettings,
+                previous: dict | None = None) -> CaseResult:
+    """Validate one case and write it, canonical, into ``output_dir``; never raises for bad data.
+
+    ``previous`` is this case's entry in the last run's index: when the inputs' fingerprint is the
+    same and the outputs are intact, the last result is returned without reading anything else.
+    """
+    try:
+        print_ = fingerprint(source, settings)
+    except OSError as error:
+        return CaseResult(source.case_id, False, f"{source.name(source.image)}: cannot read input ({_reason(error)})")
+    if previous and previous.get("fingerprint") == print_ and (
+            not previous.get("accepted") or _outputs_intact(output_dir, previous.get("record") or {})):
+        return CaseResult(source.case_id, bool(previous["accepted"]), previous.get("reason", ""),
+                          list(previous.get("warnings", [])), dict(previous.get("record") or {}),
+                          written=False, unchanged=True, fingerprint=print_)
+    try:
+        image, affine, plan = read_image(source, settings)
+        if source.label is None:
+            raise CaseRejected(source.missing_label or f"{source.name(source.image)}: no label")
+        label = read_label(source, plan, image.shape, affine, settings)
+        label_name = source.name(source.label) if source.label else "label"
+        classes, instances = label_arrays(label, label_name, settings)
+        warnings = [] if classes.any() else [f"{label_name}: label is empty (no foreground)"]
+        files = {"image": f"imagesTr/{source.case_id}.nii.gz", "label": f"labelsTr/{source.case_id}.nii.gz"}
+        arrays = {"image": image, "label": classes}
+        if instances is not None:
+            files["instances"] = f"instancesTr/{source.case_id}.nii.gz"
+            arrays["instances"] = instances
+        saved = {role: save_nifti_gz(arrays[role], affine, output_dir / rel) for role, rel in files.items()}
+        spacing = [float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)]
+        record: dict[str, Any] = {
+            "case_id": source.case_id,
+            "shape": list(image.shape),
+            "spacing": spacing,
+            "origin": [round(float(v), 6) for v in affine[:3, 3]],
+            "orientation": "".join(nib.aff2axcodes(affine)),
+            "channels": 1 if image.ndim == 3 else int(image.shape[3]),
+            "dtype": str(image.dtype),
+            "source": _source_record(source),
+            "n_objects": len(label_values(instances) - {0}) if instances is not None else None,
+            "files": files,
+            "sha256": {role: digest for role, (digest, _) in saved.items()},
+        }
+        if source.kind == "dicom":
+            record["dicom"] = dict(source.allowed_tags)
+        return CaseResult(source.case_id, True, warnings=warnings, record=record,
+                          written=any(written for _, written in saved.values()),
+                          fingerprint=print_)
+    except CaseRejected as error:
+        return CaseResult(source.case_id, False, reason=str(error), fingerprint=print_)
+    except MemoryError:
+        return CaseResult(source.case_id, False, f"{source.name(source.image)}: too large to load", fingerprint=print_)
+
+
+def _source_record(source: CaseSource) -> dict[str, Any]:
+    if source.kind == "dicom":  # no paths: DICOM folder names are too often patient names
+        return {"kind": "dicom", "slices": len(source.images), "label": source.label_kind}
+    names = [source.name(p) for p in source.images]
+    return {"kind": "nifti", "image": names[0], "images": names,
+            "label": source.name(source.label) if source.label else None}

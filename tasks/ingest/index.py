@@ -1,0 +1,63 @@
+"""What the last ingest made of each case: the settings key, the input fingerprint and the index.
+
+Each case's inputs are fingerprinted (sha256 of every input file and the settings); an unchanged
+case whose outputs are intact is not read again. The index (``sources.json``) records the fingerprint,
+the verdict and the manifest record per case, and is ignored whole when ``INGEST_VERSION`` changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.common.hashing import sha256_file
+from tasks.config import DataConfig
+from tasks.ingest.sources import CaseSource
+
+#: Bump when the output of an unchanged input would change, so the index does not skip it.
+INGEST_VERSION = 3
+
+
+INDEX_FILE = "sources.json"
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """What validating a case depends on (a plain value, so it maps cheaply onto workers)."""
+
+    label_names: dict[str, int]
+    instance_labels: bool
+    tolerance: float = 1e-4
+    spacing_tolerance: float = 0.01
+    max_voxels: int = 1_000_000_000
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> IngestSettings:
+        return cls(dict(data.label_names), data.instance_labels, data.geometry_tolerance,
+                   data.slice_spacing_tolerance, data.max_voxels)
+
+    def key(self) -> str:
+        payload = json.dumps({"version": INGEST_VERSION, "labels": self.label_names,
+                              "instances": self.instance_labels, "tolerance": self.tolerance,
+                              "spacing": self.spacing_tolerance, "max_voxels": self.max_voxels}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def fingerprint(source: CaseSource, settings: IngestSettings) -> str:
+    """Content of every input (not paths: they may name the patient) plus the settings."""
+    images = [sha256_file(p) for p in source.images]
+    if source.kind == "dicom":
+        images.sort()  # slice order comes from the headers, not from file names
+    payload = {"kind": source.kind, "label_kind": source.label_kind, "settings": settings.key(),
+               "images": images, "label": sha256_file(source.label) if source.label else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def read_index(output_dir: Path) -> dict[str, dict]:
+    try:
+        payload = json.loads((output_dir / INDEX_FILE).read_text())
+        return payload["cases"] if payload.get("version") == INGEST_VERSION else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}

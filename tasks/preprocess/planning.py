@@ -1,0 +1,90 @@
+"""The plan, decided from the data once (as nnU-Net does): dims, channels, classes, normalisation, patch, split.
+
+Everything downstream (the trainer, the evaluator, inference) only executes it; it travels with the
+registered model, so inference never re-derives or hard-codes a preprocessing constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.common.atomic import write_json
+from tasks.config import DataConfig, ModelConfig, PreprocessConfig, TrainConfig
+from tasks.preprocess.intensity_stats import normalization_from
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+
+def split_cases(case_ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> Split:
+    """A deterministic shuffle-and-cut; at least one case in each non-empty fraction."""
+    ids = sorted(case_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    shuffled = [ids[i] for i in order]
+    n_test = max(1, round(test_fraction * len(ids))) if test_fraction > 0 else 0
+    n_val = max(1, round(val_fraction * len(ids))) if val_fraction > 0 else 0
+    if len(ids) - n_test - n_val < 1:
+        raise ValueError(f"{len(ids)} cases are too few for val_fraction={val_fraction}, "
+                         f"test_fraction={test_fraction}")
+    return Split(train=sorted(shuffled[n_test + n_val:]), val=sorted(shuffled[n_test:n_test + n_val]),
+                 test=sorted(shuffled[:n_test]))
+
+
+def choose_patch_size(shapes: list[tuple[int, ...]], depth: int, requested: tuple[int, ...] | None,
+                      cap: int = 128) -> list[int]:
+    """The median case shape, capped and rounded down to a multiple of 2**(depth-1)."""
+    if requested:
+        return list(requested)
+    factor = 2 ** (depth - 1)
+    median = np.median(np.array(shapes), axis=0)
+    return [max(factor, int(min(m, cap)) // factor * factor) for m in median]
+
+
+def plan_split(manifest: dict, data: DataConfig) -> Split:
+    """The train/val/test split of the manifest's cases, decided before any statistics are taken."""
+    return split_cases([c["case_id"] for c in manifest["cases"]], data.val_fraction, data.test_fraction,
+                       data.split_seed)
+
+
+def training_cases(manifest: dict, split: Split) -> list[dict]:
+    """The manifest records of the training cases: the only ones intensity statistics may look at."""
+    train = set(split.train)
+    return [case for case in manifest["cases"] if case["case_id"] in train]
+
+
+def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, model: ModelConfig,
+              train: TrainConfig, stats: list[dict[str, float | None]], split: Split | None = None) -> dict[str, Any]:
+    """Everything downstream executes this; ``stats`` must come from ``split.train`` only, so the
+    normalisation never sees validation or test intensities."""
+    shapes = [tuple(c["shape"][:3]) for c in manifest["cases"]]
+    flat = all(s[2] == 1 for s in shapes)
+    spatial_dims = model.spatial_dims if model.spatial_dims != "auto" else (2 if flat else 3)
+    if spatial_dims == 2 and not flat:
+        raise ValueError("model.spatial_dims=2 on volumes is not supported yet: use 3 or 2D images")
+    split = split or plan_split(manifest, data)
+    return {
+        "spatial_dims": spatial_dims,
+        "in_channels": int(manifest["cases"][0]["channels"]),
+        "num_classes": len(manifest["labels"]),
+        "label_names": manifest["labels"],
+        "normalization": normalization_from(stats, preprocess.normalization, manifest.get("modality", "")),
+        "intensity_statistics": {"cases": split.train, "channels": stats},
+        "patch_size": choose_patch_size([s[:spatial_dims] for s in shapes], len(model.features),
+                                        train.patch_size),
+        "weight_maps": preprocess.weight_maps,
+        "split": {"train": split.train, "val": split.val, "test": split.test},
+        "network": {"name": model.name, "features": list(model.features), "norm": model.norm,
+                    **model.options},
+    }
+
+
+def write_plan(output_dir: Path, plan: dict) -> None:
+    write_json(output_dir / "plan.json", plan)
