@@ -17,7 +17,7 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || 
 # Elsewhere without a GPU, point it at PyTorch's CPU index: make setup TORCH_CPU_INDEX="--index-url URL".
 TORCH_CPU_INDEX ?=
 
-.PHONY: setup demo test lint clean mlflow-ui serve serve-stop
+.PHONY: setup demo test test-fast lint clean mlflow-ui serve serve-stop
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Everything but the tests marked slow (end-to-end pipeline, servers, DDP, Dask processes): minutes less.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
 lint: setup
 	$(BIN)/ruff check .
 
@@ -51,14 +55,15 @@ mlflow-ui: setup
 	  --default-artifact-root $(abspath $(MLFLOW_ROOT))/mlartifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # A local Prefect server on 127.0.0.1:$(PREFECT_PORT) + the deployments of prefect.yaml + a process
-# worker, in the foreground (flows/serve.py). Stop it with Ctrl-C or `make serve-stop` from another
-# shell: the worker stops before the server, schedules stay active. PIDs and logs: outputs/serve/.
+# worker, in the foreground (`unetflow serve`, tasks/serving/). Stop it with Ctrl-C or `make serve-stop`
+# (`unetflow serve-stop`) from another shell: the worker stops before the server, schedules stay active.
+# PIDs and logs: outputs/serve/.
 PREFECT_PORT ?= 4200
 serve: setup
-	$(BIN)/python -m flows.serve start --root $(CURDIR) --port $(PREFECT_PORT)
+	$(BIN)/unetflow serve --root $(CURDIR) --port $(PREFECT_PORT)
 
 serve-stop:
-	$(BIN)/python -m flows.serve stop --root $(CURDIR)
+	$(BIN)/unetflow serve-stop --root $(CURDIR)
 
 clean:
 	rm -rf outputs mlruns.db mlartifacts data

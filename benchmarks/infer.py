@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monai.inferers import sliding_window_inference  # noqa: E402
 
 import tasks.inference.batch as infer  # noqa: E402
+from tasks.common.plan import Plan, build_model
 from tasks.inference.batch import model_identity, run_batch  # noqa: E402
 from tasks.inference.segment import InferSettings  # noqa: E402
-from tasks.tracking.model_package import build_model, save_checkpoint  # noqa: E402
+from tasks.tracking.model_package import save_checkpoint  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -114,16 +115,18 @@ def main() -> None:
     features = [8, 16, 32] if quick else [32, 64, 128, 256]
     overlap, sw_batch_size = 0.25, 4
     torch.manual_seed(0)
-    plan = {"spatial_dims": 3, "in_channels": 1, "num_classes": 2, "label_names": {"background": 0, "fg": 1},
-            "patch_size": list(roi), "normalization": {"channels": [{"scheme": "zscore"}]},
-            "network": {"name": "unet", "features": features, "norm": "instance"}}
+    plan = Plan.model_validate({
+        "spatial_dims": 3, "in_channels": 1, "num_classes": 2, "label_names": {"background": 0, "fg": 1},
+        "patch_size": list(roi), "normalization": {"channels": [{"scheme": "zscore"}]},
+        "split": {"train": [], "val": [], "test": []},
+        "network": {"name": "unet", "features": features, "norm": "instance"}})
     model = build_model(plan).to(device).eval()
 
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)
         paths = write_volumes(root / "inbox", count, shape)
         checkpoint = root / "model.pt"
-        save_checkpoint(checkpoint, {"model": model.state_dict(), "plan": plan})
+        save_checkpoint(checkpoint, {"model": model.state_dict(), "plan": plan.to_json()})
 
         bare_loop(model, paths[:1], root / "warmup", roi, overlap, sw_batch_size, device, args.amp)  # warm-up
         settings = InferSettings(roi_size=roi, overlap=overlap, sw_batch_size=sw_batch_size, device=args.device,

@@ -23,6 +23,7 @@ from torch import nn
 
 from monai_ext.networks import build_network
 from monai_ext.transforms.weight_maps import unet_weight_map
+from tasks.common.plan import Plan
 from tasks.config import TrainConfig
 from tasks.ingest.synthetic import SyntheticSpec, cell_image
 from tasks.training.data_loader import training_loader
@@ -69,7 +70,7 @@ def bare_loop(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
     return time.perf_counter() - start
 
 
-def our_loop(model: nn.Module, items: list[dict], plan: dict, config: TrainConfig, device: torch.device,
+def our_loop(model: nn.Module, items: list[dict], plan: Plan, config: TrainConfig, device: torch.device,
              steps: int) -> float:
     from tasks.config import Params
 
@@ -107,7 +108,11 @@ def main() -> None:
     steps = 4 if args.quick else args.steps
     features = (8, 16, 32) if args.quick else (16, 32, 64, 128)
     items = make_items(max(args.batch_size * 2, 8), size, args.dims)
-    plan = {"patch_size": [size] * args.dims, "spatial_dims": args.dims, "weight_maps": True}
+    plan = Plan.model_validate({
+        "spatial_dims": args.dims, "patch_size": [size] * args.dims, "weight_maps": True, "in_channels": 1,
+        "num_classes": 2, "label_names": {"background": 0, "fg": 1},
+        "normalization": {"channels": [{"scheme": "none"}]},
+        "split": {"train": [], "val": [], "test": []}, "network": {"name": "unet", "features": list(features)}})
     config = TrainConfig(batch_size=args.batch_size, amp=device.type == "cuda", loss="wce")
     amp = config.amp
 
@@ -135,7 +140,7 @@ def main() -> None:
         "benchmark": "train_loop",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": amp,
-        "dims": args.dims, "patch": plan["patch_size"], "batch_size": args.batch_size, "steps": steps,
+        "dims": args.dims, "patch": list(plan.patch_size), "batch_size": args.batch_size, "steps": steps,
         "features": list(features), "repeats": args.repeats,
         "bare_samples_per_s": round(bare, 2), "ours_samples_per_s": round(ours, 2),
         "ratio_ours_over_bare": round(ours / bare, 3), "target_ratio": 0.9,

@@ -4,13 +4,13 @@ overrides) before any work starts, so a typo is refused in a second, not after a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 import flows  # noqa: F401  (telemetry off before Prefect is imported)
-from tasks.config import ConfigError, load_params
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -20,6 +20,8 @@ RootOpt = Annotated[Path, typer.Option("--root", help="Project folder (where dat
 
 
 def _checked(root: Path, params: Path, overrides: list[str] | None) -> dict[str, Any]:
+    from tasks.config import ConfigError, load_params  # imports torch: not for `serve` or `--help`
+
     root = root.resolve()
     path = params if params.is_absolute() else root / params
     try:
@@ -87,7 +89,8 @@ def infer(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), se
           output: Annotated[str | None, typer.Option("--output", "-o", help="Folder for masks.")] = None,
           device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (infer.device).")] = None,
           tta: Annotated[bool | None, typer.Option(help="Mirroring test-time augmentation.")] = None,
-          cgm_threshold: Annotated[float | None, typer.Option(help="CGM presence threshold.")] = None,
+          cgm_threshold: Annotated[float | None, typer.Option(
+              help="CGM post-filter: 'foreground present' probability below which it is dropped.")] = None,
           runner: Annotated[str | None, typer.Option(help="threads or dask (infer.runner).")] = None,
           workers: Annotated[int | None, typer.Option(help="Cases segmented at once.")] = None) -> None:
     """Segment a folder of new studies."""
@@ -121,6 +124,44 @@ def compare(variants: Annotated[str, typer.Option(help="Comma-separated networks
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
     _show(compare_flow(variants=names, **_checked(root, params, set)))
+
+
+def _serving(call: Callable[[], int]) -> None:
+    """Exit with the code of a tasks.serving call; its ServeError becomes `error: …` and exit 1."""
+    from tasks.serving import ServeError
+
+    try:
+        code = call()
+    except ServeError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(root: RootOpt = Path("."),
+          port: Annotated[int, typer.Option(help="Port of the Prefect server (API and dashboard).")] = 4200,
+          host: Annotated[str, typer.Option(help="Address the server listens on.")] = "127.0.0.1",
+          pool: Annotated[str, typer.Option(help="The work pool named in prefect.yaml.")] = "unetflow",
+          startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server's /api/health.")]
+          = 180.0,
+          no_ui: Annotated[bool, typer.Option("--no-ui", help="API only (no Prefect dashboard).")] = False) -> None:
+    """Prefect server on loopback + the deployments of prefect.yaml + a process worker, in the foreground.
+
+    Stop with Ctrl-C or `unetflow serve-stop`: the worker stops before the server; schedules stay active.
+
+    PIDs and logs: outputs/serve/ under --root."""
+    from tasks.serving import serve as serve_deployments
+
+    _serving(lambda: serve_deployments(root, host, port, pool, startup_timeout, ui=not no_ui))
+
+
+@app.command()
+def serve_stop(root: RootOpt = Path(".")) -> None:
+    """Stop a running `unetflow serve` (worker first, then server), or what a killed one left running."""
+    from tasks.serving import stop
+
+    _serving(lambda: stop(root))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ compare_task = task(compare_variants, name="compare-variants", cache_policy=NO_C
 def compare_flow(variants: list[str], root: str = ".", params_file: str | None = "params.yaml",
                  overrides: list[str] | None = None) -> list[dict]:
     root_path, params = project(root, params_file, overrides)
-    rows = compare_task(params, root_path, variants)
+    rows = compare_task(params, root_path, variants,
+                        params_file=None if params_file is None else root_path / params_file)
     print("compare:\n" + format_table(rows))
     return rows

@@ -62,7 +62,7 @@ def infer_flow(root: str = ".", params_file: str | None = "params.yaml", overrid
     else:  # worker processes load a checkpoint file (the output folder is where a cluster can see it)
         model_ref = str(output_dir / ".model" / f"{identity}.pt")
         if not Path(model_ref).exists():
-            save_checkpoint(Path(model_ref), {"model": network.state_dict(), "plan": plan})
+            save_checkpoint(Path(model_ref), {"model": network.state_dict(), "plan": plan.to_json()})
     outcomes = segment_cases_flow.with_options(
         task_runner=task_runner_for(config.runner, config.workers, config.dask_address))(
         input_dir=str(input_dir), output_dir=str(output_dir), model_ref=model_ref, settings=settings,

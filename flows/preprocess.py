@@ -45,7 +45,7 @@ def preprocess_flow(root: str = ".", params_file: str | None = "params.yaml",
     write_plan(output, plan)
     cached = sum(bool(r["weight_map_cached"]) for r in results)
     computed = sum(r["weight_map_cached"] is False for r in results)
-    print(f"preprocess: {len(results)} cases, plan {plan['spatial_dims']}D patch {plan['patch_size']}, "
+    print(f"preprocess: {len(results)} cases, plan {plan.spatial_dims}D patch {list(plan.patch_size)}, "
           f"weight maps {cached} cached / {computed} computed → {output}")
     return {"cases": len(results), "weight_maps_cached": cached, "weight_maps_computed": computed,
             "plan": str(output / "plan.json")}

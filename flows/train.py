@@ -23,7 +23,9 @@ def train_flow(root: str = ".", params_file: str | None = "params.yaml", overrid
     if nproc > 1:
         result = train_distributed_task(nproc, root_path, params_file, overrides or [], resume)
     else:
-        result = {k: v for k, v in asdict(train_task(params, root_path, resume)).items() if k != "history"}
+        params_path = None if params_file is None else root_path / params_file
+        trained = train_task(params, root_path, resume, params_file=params_path)
+        result = {k: v for k, v in asdict(trained).items() if k != "history"}
     print(f"train: run {result['run_id']}, best val Dice {result['best_val_dice']:.4f}, "
           f"model version {result['registered_version']} (alias candidate)")
     return result

@@ -1,6 +1,7 @@
 """The work of every stage as plain functions (Prefect tasks wrap them in ``flows/``), one package per stage.
 
 ``common`` and ``imaging`` hold what several stages share (atomic writes, hashing, the plan, devices,
-safe image readers and writers); ``ingest``, ``preprocess``, ``training``, ``evaluation``, ``inference``
-and ``tracking`` each import from those and from ``monai_ext``, never from a later stage's package.
+safe image readers and writers) and import no stage; ``ingest``, ``preprocess``, ``training``,
+``evaluation``, ``inference`` and ``tracking`` build on those and on ``monai_ext``; ``serving`` runs a
+local Prefect server and worker for ``unetflow serve``. None of them imports ``flows``.
 """

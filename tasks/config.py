@@ -219,7 +219,9 @@ class InferConfig(_Section):
     ``device`` runs the windows (``auto``: CUDA when present), ``amp`` uses mixed precision there, and
     ``stitch_device`` holds the blended volume: ``auto`` keeps it on the GPU only when it fits easily.
     CGM post-filtering (networks built with ``cgm: true``): foreground of an image/slice (2D) or of the
-    windows (3D) whose "foreground present" probability is below ``cgm_threshold`` is removed.
+    windows (3D) whose "foreground present" probability is below ``cgm_threshold`` is removed. (This post-filter
+    is not the network's own eval-time gate, the model option ``cgm_gate``/``cgm_gate_threshold``, which is off
+    by default; ``cgm_threshold`` here is the one inference uses.)
     ``keep_largest_component`` keeps one connected component per class. ``dicom_seg`` also writes a
     DICOM SEG for DICOM inputs. ``runner``: ``threads`` (``workers`` threads) or ``dask`` (``workers``
     local processes, or the cluster at ``dask_address``; needs the ``dask`` extra).

@@ -8,7 +8,7 @@ BIN = Path(sys.executable).parent
 def test_help_lists_every_subcommand():
     out = subprocess.run([str(BIN / "unetflow"), "--help"], capture_output=True, text=True, encoding="utf-8",
                          check=True).stdout
-    for command in ("demo", "ingest", "preprocess", "train", "evaluate", "infer", "retrain"):
+    for command in ("demo", "ingest", "preprocess", "train", "evaluate", "infer", "retrain", "serve", "serve-stop"):
         assert command in out
 
 

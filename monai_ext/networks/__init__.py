@@ -8,7 +8,7 @@ Entry point::
 Registered names: ``unet`` (Ronneberger 2015), ``unetpp`` (UNet++, Zhou 2018, with pruned inference),
 ``unet3p`` (UNet 3+, Huang 2020, full-scale skips + CGM), ``res_unet``, ``mobile_unet``, ``eff_unet``.
 Common options: ``features``, ``norm``, ``act``, ``dropout``, ``deep_supervision``, ``cgm`` (+ ``cgm_gate``,
-``cgm_threshold``, ``cgm_dropout``), ``aux_resolution``; see each class for its own.
+``cgm_gate_threshold``, ``cgm_dropout``), ``aux_resolution``; see each class for its own.
 
 What ``forward`` returns (eval: one logits tensor; training with deep supervision/CGM: a
 :class:`NetworkOutput`) is defined once in :mod:`monai_ext.networks.outputs`.

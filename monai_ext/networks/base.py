@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import CGMHead, resize_to
+from .blocks import resize_to
 from .outputs import NetworkOutput
+from .stages import CGMHead
 
 #: options every registered network accepts (beside the architecture's own); see :func:`build_network`.
-COMMON_OPTIONS = ("deep_supervision", "cgm", "cgm_dropout", "cgm_gate", "cgm_threshold", "aux_resolution")
+COMMON_OPTIONS = ("deep_supervision", "cgm", "cgm_dropout", "cgm_gate", "cgm_gate_threshold", "aux_resolution")
 
 
 class SegmentationNetwork(nn.Module):
@@ -41,7 +42,7 @@ class SegmentationNetwork(nn.Module):
         cgm_dropout: dropout before the CGM 1x1 conv (0.5 in UNet 3+).
         cgm_gate: in eval, suppress foreground of images the CGM classifies as empty. Off by default: the
             pipeline post-filters, and a gate trained on few empty images can delete true lesions.
-        cgm_threshold: probability of "foreground present" below which an image is gated.
+        cgm_gate_threshold: probability of "foreground present" below which an image is gated.
         aux_resolution: ``"native"`` (heads at their stage's resolution) or ``"full"`` (upsampled to input).
     """
 
@@ -59,7 +60,7 @@ class SegmentationNetwork(nn.Module):
         cgm: bool = False,
         cgm_dropout: float = 0.5,
         cgm_gate: bool = False,
-        cgm_threshold: float = 0.5,
+        cgm_gate_threshold: float = 0.5,
         aux_resolution: str = "native",
     ) -> None:
         super().__init__()
@@ -76,7 +77,7 @@ class SegmentationNetwork(nn.Module):
         self.cgm_enabled = cgm
         self.cgm_dropout = cgm_dropout
         self.cgm_gate = cgm_gate
-        self.cgm_threshold = cgm_threshold
+        self.cgm_gate_threshold = cgm_gate_threshold
         self.aux_resolution = aux_resolution
         self.cgm_head: CGMHead | None = None
 
@@ -181,7 +182,7 @@ class SegmentationNetwork(nn.Module):
 
     def _gate(self, logits: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
         """Suppress foreground logits of images whose CGM says 'no foreground' (eval, opt-in)."""
-        present = torch.sigmoid(class_logits[:, 1]) >= self.cgm_threshold
+        present = torch.sigmoid(class_logits[:, 1]) >= self.cgm_gate_threshold
         present = present.view(-1, *([1] * (logits.dim() - 1)))
         low = torch.full_like(logits, -1e4)
         if logits.shape[1] > 1:  # keep the background channel so softmax picks it

@@ -16,7 +16,8 @@ from monai.networks.nets.efficientnet import EfficientNetBNFeatures, EfficientNe
 from torch import nn
 
 from .base import SegmentationNetwork
-from .blocks import ActSpec, Decoder, DoubleConv, NormSpec, SegHead, UpSample, check_features
+from .blocks import ActSpec, DoubleConv, NormSpec, UpSample, check_features
+from .stages import Decoder, SegHead
 
 __all__ = ["EffUNet"]
 

@@ -15,17 +15,8 @@ import torch
 from torch import nn
 
 from .base import SegmentationNetwork
-from .blocks import (
-    ActSpec,
-    ConvNormAct,
-    Decoder,
-    InvertedResidual,
-    NormSpec,
-    SegHead,
-    SeparableConv,
-    UpSample,
-    check_features,
-)
+from .blocks import ActSpec, ConvNormAct, InvertedResidual, NormSpec, SeparableConv, UpSample, check_features
+from .stages import Decoder, SegHead
 
 __all__ = ["MobileUNet"]
 

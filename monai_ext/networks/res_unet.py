@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from .base import SegmentationNetwork
-from .blocks import ActSpec, NormSpec, ResidualUnit, SegHead, UpSample, add_norm_act_dropout, check_features
+from .blocks import ActSpec, NormSpec, ResidualUnit, UpSample, add_norm_act_dropout, check_features
+from .stages import SegHead
 
 __all__ = ["ResUNet"]
 

@@ -20,17 +20,8 @@ import torch
 from torch import nn
 
 from .base import SegmentationNetwork
-from .blocks import (
-    ActSpec,
-    BlockFactory,
-    Decoder,
-    DoubleConv,
-    Encoder,
-    NormSpec,
-    SegHead,
-    UpSample,
-    check_features,
-)
+from .blocks import ActSpec, BlockFactory, DoubleConv, NormSpec, UpSample, check_features
+from .stages import Decoder, Encoder, SegHead
 
 __all__ = ["UNet", "valid_unet_input_size", "valid_unet_output_size"]
 

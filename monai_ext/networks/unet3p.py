@@ -24,7 +24,8 @@ from monai.networks.layers.factories import Pool
 from torch import nn
 
 from .base import SegmentationNetwork
-from .blocks import ActSpec, ConvNormAct, DoubleConv, Encoder, NormSpec, SegHead, check_features, resize_to
+from .blocks import ActSpec, ConvNormAct, DoubleConv, NormSpec, check_features, resize_to
+from .stages import Encoder, SegHead
 
 __all__ = ["UNet3Plus"]
 

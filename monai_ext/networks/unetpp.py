@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .base import SegmentationNetwork
-from .blocks import ActSpec, DoubleConv, Encoder, NormSpec, SegHead, UpSample, check_features
+from .blocks import ActSpec, DoubleConv, NormSpec, UpSample, check_features
+from .stages import Encoder, SegHead
 
 __all__ = ["UNetPlusPlus"]
 

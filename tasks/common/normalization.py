@@ -6,9 +6,9 @@ module only executes it, so the model sees the same intensities in training and 
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+
+from tasks.common.plan import ChannelNormalization, Normalization
 
 
 def channels_last(image: np.ndarray) -> np.ndarray:
@@ -18,11 +18,11 @@ def channels_last(image: np.ndarray) -> np.ndarray:
     return image[..., None] if image.ndim == 3 else image
 
 
-def _normalize_channel(channel: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    scheme = spec["scheme"]
+def _normalize_channel(channel: np.ndarray, spec: ChannelNormalization) -> np.ndarray:
+    scheme = spec.scheme
     if scheme == "ct":
-        low, high = spec["clip"]
-        return (np.clip(channel, low, high) - spec["mean"]) / spec["std"]
+        low, high = spec.clip
+        return (np.clip(channel, low, high) - spec.mean) / spec.std
     if scheme == "zscore":
         return (channel - channel.mean()) / max(float(channel.std()), 1e-8)
     if scheme == "none":
@@ -30,12 +30,11 @@ def _normalize_channel(channel: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     raise ValueError(f"unknown normalisation scheme {scheme!r}")
 
 
-def normalize(image: np.ndarray, normalization: dict[str, Any]) -> np.ndarray:
-    """Apply the plan's normalisation per channel to X×Y×Z[×C]; shared by training, evaluation and
-    inference. A plan of the older single-scheme form (``{"scheme": ...}``) applies to every channel."""
+def normalize(image: np.ndarray, normalization: Normalization) -> np.ndarray:
+    """Apply the plan's normalisation per channel to X×Y×Z[×C]; shared by training, evaluation and inference."""
     image = image.astype(np.float32, copy=False)
     data = channels_last(image)
-    specs = normalization.get("channels") or [normalization] * data.shape[-1]
+    specs = normalization.channels
     if len(specs) != data.shape[-1]:
         raise ValueError(f"image has {data.shape[-1]} channels, the plan normalises {len(specs)}")
     out = np.stack([_normalize_channel(data[..., c], spec) for c, spec in enumerate(specs)], axis=-1)

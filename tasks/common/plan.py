@@ -55,6 +55,10 @@ class NetworkSpec(_Frozen):
             extra = {k: v for k, v in data.items() if k not in _NETWORK_KEYS}
             data = {**{k: v for k, v in data.items() if k in _NETWORK_KEYS},
                     "options": {**data.get("options", {}), **extra}}
+        if isinstance(data, dict) and "cgm_threshold" in data.get("options", {}):  # renamed: the network's own gate
+            options = dict(data["options"])
+            options["cgm_gate_threshold"] = options.pop("cgm_threshold")
+            data = {**data, "options": options}
         return data
 
 

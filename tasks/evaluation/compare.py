@@ -11,11 +11,14 @@ import io
 from pathlib import Path
 
 from tasks.common.atomic import write_json, write_text
+from tasks.common.devices import resolve_device
+from tasks.common.plan import PLAN_FILE, Plan
 from tasks.config import Params
 from tasks.evaluation.evaluate import score_cases, summarize
+from tasks.preprocess.planning import network_spec
 from tasks.tracking.model_package import load_model
 from tasks.training.data_loader import load_cases
-from tasks.training.trainer import pick_device, train_model
+from tasks.training.trainer import train_model
 
 COLUMNS = ("variant", "test_dice", "test_iou", "best_val_dice", "parameters", "seconds_per_epoch", "peak_memory_mb")
 
@@ -32,7 +35,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def compare_variants(params: Params, root: Path, variants: list[str]) -> list[dict]:
+def compare_variants(params: Params, root: Path, variants: list[str], params_file: Path | None = None) -> list[dict]:
+    """Train, then test, each variant as a nested run; ``params_file`` (what ``params`` was read from) is
+    kept with every variant's run, as ``train_model`` keeps it."""
     import mlflow
 
     from tasks.tracking.store import configure_tracking
@@ -42,7 +47,8 @@ def compare_variants(params: Params, root: Path, variants: list[str]) -> list[di
     candidates = [variant_params(params, v) for v in variants]
     for candidate in candidates:
         Params.model_validate(candidate.model_dump())
-    device = pick_device(params.train.device)
+    device = resolve_device(params.train.device, "train.device")
+    base_plan = Plan.read(root / params.preprocess.output_dir / PLAN_FILE)  # one preprocessing for every variant
     rows = []
     with mlflow.start_run(run_name=f"compare {','.join(variants)}") as parent:
         mlflow.set_tag("unetflow.stage", "compare")
@@ -51,9 +57,10 @@ def compare_variants(params: Params, root: Path, variants: list[str]) -> list[di
         for variant, candidate in zip(variants, candidates, strict=True):
             output_dir = root / "outputs" / "compare" / variant
             result = train_model(candidate, root, output_dir=output_dir, register=False, run_name=variant,
-                                 nested=True, extra_tags={"unetflow.parent": parent.info.run_id})
+                                 nested=True, extra_tags={"unetflow.parent": parent.info.run_id},
+                                 plan=base_plan.with_network(network_spec(candidate.model)), params_file=params_file)
             model, plan = load_model(result.checkpoint)
-            items = load_cases(root / params.preprocess.output_dir, plan["split"]["test"])
+            items = load_cases(root / params.preprocess.output_dir, plan.split.test)
             test_dice, test_iou = summarize(score_cases(model.to(device), plan, items, params.infer.overlap, device))
             with mlflow.start_run(run_id=result.run_id, nested=True):
                 mlflow.log_metrics({"test_dice": test_dice, "test_iou": test_iou})

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from tasks.common.atomic import write_json, write_text
+from tasks.common.devices import resolve_device
+from tasks.common.plan import Plan
 from tasks.config import Params
 from tasks.evaluation.metrics import dice_per_class, hd95_per_class, iou_per_class
 from tasks.inference.sliding_window import predict_labels
 from tasks.tracking.model_package import load_model
 from tasks.training.data_loader import load_cases
-from tasks.training.trainer import pick_device
 
 
 @dataclass
@@ -28,16 +29,16 @@ class EvaluationResult:
     cases: list[dict]
 
 
-def score_cases(model: torch.nn.Module, plan: dict, items: list[dict], overlap: float,
+def score_cases(model: torch.nn.Module, plan: Plan, items: list[dict], overlap: float,
                 device: torch.device) -> list[dict]:
     """Per-case test metrics: mean foreground Dice, IoU and HD95, Dice per class, relative volume error."""
     rows = []
     for item in items:
-        prediction = predict_labels(model, item["image"], tuple(plan["patch_size"]), overlap=overlap, device=device)
+        prediction = predict_labels(model, item["image"], plan.patch_size, overlap=overlap, device=device)
         truth = item["label"][0]
-        dice = dice_per_class(prediction, truth, plan["num_classes"])
-        iou = iou_per_class(prediction, truth, plan["num_classes"])
-        hd95 = hd95_per_class(prediction, truth, plan["num_classes"], item.get("spacing"))
+        dice = dice_per_class(prediction, truth, plan.num_classes)
+        iou = iou_per_class(prediction, truth, plan.num_classes)
+        hd95 = hd95_per_class(prediction, truth, plan.num_classes, item.get("spacing"))
         true_volume = int((truth > 0).sum())
         rows.append({"case_id": item["case_id"], "dice": float(np.mean(list(dice.values()))),
                      "iou": float(np.mean(list(iou.values()))), "hd95": float(np.nanmean(list(hd95.values())))
@@ -62,10 +63,10 @@ def evaluate_model(params: Params, root: Path) -> EvaluationResult:
     configure_tracking(params.tracking, root)
     train_info = json.loads((root / params.train.output_dir / "train.json").read_text(encoding="utf-8"))
     model, plan = load_model(str(root / params.train.output_dir / "model.pt"))
-    device = pick_device(params.train.device)
-    items = load_cases(root / params.preprocess.output_dir, plan["split"]["test"])
+    device = resolve_device(params.train.device, "train.device")
+    items = load_cases(root / params.preprocess.output_dir, plan.split.test)
     manifest = json.loads((root / params.data.dataset_dir / "dataset.json").read_text(encoding="utf-8"))
-    spacing = {case["case_id"]: case["spacing"][: plan["spatial_dims"]] for case in manifest["cases"]}
+    spacing = {case["case_id"]: case["spacing"][: plan.spatial_dims] for case in manifest["cases"]}
     for item in items:  # HD95 in mm
         item["spacing"] = spacing.get(item["case_id"])
     rows = score_cases(model.to(device), plan, items, params.infer.overlap, device)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from tasks.common.atomic import write_json, write_text
+from tasks.common.plan import Plan
 from tasks.inference.inputs import InferCase, InputProblem, discover_cases
 from tasks.inference.segment import InferSettings, segment_case
 
@@ -56,13 +57,13 @@ class CaseOutcome:
 
 
 # ---------------------------------------------------------------------------------------------- the model
-_MODELS: dict[tuple[str, str], tuple[nn.Module, dict]] = {}
+_MODELS: dict[tuple[str, str], tuple[nn.Module, Plan]] = {}
 
 
 _MODELS_LOCK = threading.Lock()
 
 
-def cached_model(ref: str, device: torch.device) -> tuple[nn.Module, dict]:
+def cached_model(ref: str, device: torch.device) -> tuple[nn.Module, Plan]:
     """(model, plan) for ``ref`` once per process: threads share it, each Dask worker loads it once."""
     key = (ref, str(device))
     with _MODELS_LOCK:
@@ -74,7 +75,7 @@ def cached_model(ref: str, device: torch.device) -> tuple[nn.Module, dict]:
         return _MODELS[key]
 
 
-def register_model(ref: str, device: torch.device, model: nn.Module, plan: dict) -> None:
+def register_model(ref: str, device: torch.device, model: nn.Module, plan: Plan) -> None:
     """Seed the cache with a model already loaded (the flow's), so thread workers do not load it again."""
     with _MODELS_LOCK:
         _MODELS[(ref, str(device))] = (model.to(device).eval(), plan)
@@ -115,7 +116,7 @@ def _outcome(report: dict[str, Any], status: str, seconds: float) -> CaseOutcome
 
 
 def run_case(case: InferCase, output_dir: Path, settings: InferSettings, model: nn.Module | str,
-             plan: dict | None = None) -> CaseOutcome:
+             plan: Plan | None = None) -> CaseOutcome:
     """Never raises for a bad input: the outcome says what happened to the case.
 
     ``model`` is a loaded network (with its ``plan``) or a reference :func:`cached_model` loads once per
@@ -159,7 +160,7 @@ def remove_stale_temporaries(output_dir: Path) -> int:
     return removed
 
 
-def run_batch(input_dir: Path, output_dir: Path, settings: InferSettings, model: nn.Module, plan: dict,
+def run_batch(input_dir: Path, output_dir: Path, settings: InferSettings, model: nn.Module, plan: Plan,
               salt: str = "unetflow") -> list[CaseOutcome]:
     """The whole batch in this process, one case after the other (no Prefect): tests, benchmarks, scripts."""
     remove_stale_temporaries(output_dir)

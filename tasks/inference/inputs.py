@@ -13,17 +13,14 @@ listed as ignored. Series discovery reuses :mod:`tasks.imaging.dicom_series` (th
 from __future__ import annotations
 
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from tasks.common.names import printable, pseudonym, safe_case_id, unsafe_id
-from tasks.imaging.dicom_series import SliceHeader, looks_like_dicom, scan
-from tasks.ingest.sources import strip_nifti_suffix
-
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+from tasks.imaging.dicom_headers import SliceHeader, looks_like_dicom, scan
+from tasks.imaging.nifti_files import channel_of, strip_nifti_suffix
 
 
 @dataclass(frozen=True)
@@ -57,8 +54,7 @@ def _nifti_cases(root: Path) -> tuple[list[InferCase], list[InputProblem]]:
         stem = strip_nifti_suffix(path.name)
         if stem is None or path.name.startswith(".") or not path.is_file():
             continue
-        match = _CHANNEL.match(stem)
-        case, channel = (match["case"], int(match["channel"])) if match else (stem, None)
+        case, channel = channel_of(stem) or (stem, None)
         groups[case][channel].append(path)
     cases, problems = [], []
     for case, channels in sorted(groups.items()):

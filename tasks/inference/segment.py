@@ -8,8 +8,6 @@ report says how much it removed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +18,10 @@ import torch
 from torch import nn
 
 from tasks.common.atomic import write_json
+from tasks.common.devices import resolve_device
+from tasks.common.hashing import json_digest
 from tasks.common.normalization import normalize, to_channel_first
+from tasks.common.plan import Plan
 from tasks.config import DataConfig, InferConfig
 from tasks.inference.inputs import InferCase
 from tasks.inference.postprocess import FilterReport, gate_images, gate_voxels, keep_largest_component
@@ -62,9 +63,7 @@ class InferSettings:
                    max_voxels=data.max_voxels, model_id=model_id, input_root=str(input_root))
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device, "infer.device")
 
     def key(self, case: InferCase) -> str:
         """What decides whether an existing report is still this run's result (device/runner excluded)."""
@@ -73,23 +72,22 @@ class InferSettings:
             stat = path.stat()
             files.append([path.name, stat.st_size, stat.st_mtime_ns])
         relevant = {k: v for k, v in asdict(self).items() if k not in ("device", "stitch_device", "input_root")}
-        payload = json.dumps({"version": REPORT_VERSION, "settings": relevant, "files": files}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:24]
+        return json_digest({"version": REPORT_VERSION, "settings": relevant, "files": files}, 24)
 
 
 # ---------------------------------------------------------------------------------------------- one case
-def _plan_checks(canonical: np.ndarray, plan: dict, name: str) -> None:
+def _plan_checks(canonical: np.ndarray, plan: Plan, name: str) -> None:
     if not np.isfinite(canonical).all():
         raise ValueError(f"{name}: image holds NaN or infinite voxels")
     channels = canonical.shape[3] if canonical.ndim == 4 else 1
-    if channels != plan["in_channels"]:
-        raise ValueError(f"{name}: {channels} channel(s), the model expects {plan['in_channels']}")
+    if channels != plan.in_channels:
+        raise ValueError(f"{name}: {channels} channel(s), the model expects {plan.in_channels}")
 
 
-def _predict(model: nn.Module, plan: dict, canonical: np.ndarray, settings: InferSettings,
+def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, settings: InferSettings,
              device: torch.device) -> tuple[np.ndarray, dict[str, Any], FilterReport]:
     """Labels on the canonical grid, the CGM record and what the CGM gate removed."""
-    dims = plan["spatial_dims"]
+    dims = plan.spatial_dims
     window = WindowSettings(roi_size_for(plan, settings.roi_size), settings.overlap, settings.sw_batch_size,
                             settings.mirror_tta, settings.amp, settings.stitch_device)
     cgm = has_cgm(model)
@@ -98,7 +96,7 @@ def _predict(model: nn.Module, plan: dict, canonical: np.ndarray, settings: Infe
     if dims == 2:  # each 2D image (or slice of a volume) on its own, as in training
         slices, probabilities = [], []
         for z in range(canonical.shape[2]):
-            image = to_channel_first(normalize(canonical[:, :, z:z + 1].astype(np.float32), plan["normalization"]), 2)
+            image = to_channel_first(normalize(canonical[:, :, z:z + 1].astype(np.float32), plan.normalization), 2)
             prediction = predict_windows(model, image, window, device)
             slices.append(prediction.probabilities.argmax(0).to(torch.uint8).numpy())
             if prediction.window_probabilities:
@@ -110,7 +108,7 @@ def _predict(model: nn.Module, plan: dict, canonical: np.ndarray, settings: Infe
             labels, report = gate_images(labels, probabilities, settings.cgm_threshold)
             return labels, record, report
         return labels, record, FilterReport()
-    image = to_channel_first(normalize(canonical.astype(np.float32), plan["normalization"]), 3)
+    image = to_channel_first(normalize(canonical.astype(np.float32), plan.normalization), 3)
     prediction = predict_windows(model, image, window, device)
     labels = prediction.probabilities.argmax(0).to(torch.uint8).numpy()
     del image
@@ -126,7 +124,7 @@ def _predict(model: nn.Module, plan: dict, canonical: np.ndarray, settings: Infe
     return labels, record, FilterReport()
 
 
-def segment_case(model: nn.Module, plan: dict, case: InferCase, output_dir: Path, settings: InferSettings,
+def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path, settings: InferSettings,
                  device: torch.device | None = None) -> dict[str, Any]:
     """Segment one case and write its outputs; returns the report (also written as ``<case>.json``)."""
     device = device or settings.torch_device()
@@ -156,19 +154,19 @@ def segment_case(model: nn.Module, plan: dict, case: InferCase, output_dir: Path
         from tasks.inference.dicom_seg import write_dicom_seg
 
         outputs["seg"] = str(write_dicom_seg(output_dir / f"{case.case_id}.seg.dcm", labels.reshape(study.series.shape),
-                                             study.series.files, plan.get("label_names", {}), plan["num_classes"],
+                                             study.series.files, plan.label_names, plan.num_classes,
                                              settings.model_id or "1"))
     timings["write"] = time.perf_counter() - clock
 
     voxel_ml = float(abs(np.linalg.det(study.affine[:3, :3]))) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=plan["num_classes"])
+    counts = np.bincount(labels.ravel(), minlength=plan.num_classes)
     names = _class_names(plan)
     report = {
         "case_id": case.case_id, "source": case.shown, "kind": case.kind, "key": settings.key(case),
         "model_id": settings.model_id, "outputs": outputs, "shape": list(study.out_shape),
         "voxel_ml": voxel_ml, "foreground_voxels": int(counts[1:].sum()),
         "class_volumes_ml": {names.get(c, str(c)): round(float(counts[c]) * voxel_ml, 6)
-                             for c in range(1, plan["num_classes"])},
+                             for c in range(1, plan.num_classes)},
         "cgm": {**cgm, "removed_voxels": cgm_report.removed_voxels, "removed_slices": cgm_report.removed_slices},
         "keep_largest_component": {"applied": settings.keep_largest_component, "removed_voxels": lcc.removed_voxels},
         "timings": {k: round(v, 4) for k, v in timings.items()},
@@ -180,8 +178,5 @@ def segment_case(model: nn.Module, plan: dict, case: InferCase, output_dir: Path
     return report
 
 
-def _class_names(plan: dict) -> dict[int, str]:
-    names = plan.get("label_names") or {}
-    if isinstance(names, dict):
-        return {int(v): str(k) for k, v in names.items()}
-    return dict(enumerate(str(n) for n in names))
+def _class_names(plan: Plan) -> dict[int, str]:
+    return {value: name for name, value in plan.label_names.items()}

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from tasks.common.plan import Plan
 
-def roi_size_for(plan: dict[str, Any], roi_size: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    return tuple(roi_size) if roi_size else tuple(plan["patch_size"])
+
+def roi_size_for(plan: Plan, roi_size: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    return tuple(roi_size) if roi_size else plan.patch_size
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,11 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from tasks.common.atomic import atomic_path
+from tasks.common.errors import CaseRejected
 from tasks.common.names import printable
-from tasks.imaging.dicom_series import SeriesPlan, check_series, read_volume
+from tasks.imaging.dicom_series import CheckedSeries, check_series, read_volume
 from tasks.imaging.geometry import check_same_grid
+from tasks.imaging.nifti_reader import read_nifti
 from tasks.inference.inputs import InferCase
 
 
@@ -31,43 +33,32 @@ class LoadedStudy:
     affine: np.ndarray
     out_shape: tuple[int, ...]  # the mask's shape: the input's spatial shape (2D files stay 2D)
     header: nib.Nifti1Header | None = None  # NIfTI input: its header (qform/sform codes are kept)
-    series: SeriesPlan | None = None  # DICOM input: the checked series, files in slice order
-
-
-def _load_nifti(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
-    image = nib.load(str(path))
-    data = np.asanyarray(image.dataobj)
-    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
-        raise ValueError(f"{path.name}: voxels are not real numbers ({data.dtype})")
-    if data.ndim == 2:
-        data = data[:, :, None]
-    if data.ndim == 5 and data.shape[3] == 1:  # X×Y×Z×1×C (NIfTI's vector intent)
-        data = data[:, :, :, 0]
-    if data.ndim not in (3, 4):
-        raise ValueError(f"{path.name}: expected a 2D, 3D or 4D (channels) image, got shape {image.shape}")
-    return data, image  # type: ignore[return-value]
+    series: CheckedSeries | None = None  # DICOM input: the checked series, files in slice order
 
 
 def load_study(case: InferCase, name: Callable[[Path], str], tolerance: float = 1e-4,
                spacing_tolerance: float = 0.01, max_voxels: int = 1_000_000_000) -> LoadedStudy:
-    """Read one case; raises with the offending file's name when it cannot be segmented."""
+    """Read one case; raises :class:`CaseRejected` with the offending file's name when it cannot be segmented.
+
+    NIfTI files go through the reader ingest uses (:func:`~tasks.imaging.nifti_reader.read_nifti`): the
+    header is checked against ``max_voxels`` and the file's length before any voxel is read.
+    """
     if case.kind == "dicom":
-        plan = check_series(list(case.slices), name, spacing_tolerance, max_voxels)
-        data = read_volume(plan, name, tolerance)
-        return LoadedStudy(data, plan.affine, plan.shape, series=plan)
-    channels, first = [], None
+        series = check_series(list(case.slices), name, spacing_tolerance, max_voxels)
+        data = read_volume(series, name, tolerance)
+        return LoadedStudy(data, series.affine, series.shape, series=series)
+    channels: list[np.ndarray] = []
+    first: nib.Nifti1Image | None = None
     for index, path in enumerate(case.files):
-        data, image = _load_nifti(path)
-        if int(np.prod(data.shape[:3])) > max_voxels:
-            raise ValueError(f"{name(path)}: {data.shape} is more than {max_voxels} voxels")
+        volume = read_nifti(path, name(path), max_voxels=max_voxels, vector_channels=True)
         if first is None:
-            first = image
+            first = volume.image
         else:
-            if data.ndim != 3:
-                raise ValueError(f"{name(path)}: channel files must be 3D, got {data.shape}")
-            check_same_grid(channels[0].shape, first.affine, data.shape, image.affine, tolerance,
+            if volume.data.ndim != 3:
+                raise CaseRejected(f"{name(path)}: channel files must be 3D, got {volume.data.shape}")
+            check_same_grid(channels[0].shape, first.affine, volume.data.shape, volume.affine, tolerance,
                             f"channel {index}", name(path))
-        channels.append(data)
+        channels.append(volume.data)
     assert first is not None
     stacked = channels[0] if len(channels) == 1 else np.stack(channels, axis=3)
     out_shape = tuple(first.shape[:3]) if len(first.shape) >= 3 else tuple(first.shape)

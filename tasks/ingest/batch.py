@@ -17,9 +17,10 @@ from typing import Any
 from tasks.common.atomic import write_json
 from tasks.common.names import printable
 from tasks.config import DataConfig
+from tasks.imaging.nifti_files import NIFTI_SUFFIXES, strip_nifti_suffix
 from tasks.ingest.case import CaseResult, ingest_case
 from tasks.ingest.index import INDEX_FILE, INGEST_VERSION, IngestSettings, read_index
-from tasks.ingest.sources import NIFTI_SUFFIXES, CaseSource, discover, strip_nifti_suffix
+from tasks.ingest.sources import CaseSource, discover
 
 OUTPUT_FOLDERS = ("imagesTr", "labelsTr", "instancesTr")
 

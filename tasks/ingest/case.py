@@ -17,7 +17,8 @@ from tasks.common.errors import CaseRejected
 from tasks.common.hashing import sha256_file
 from tasks.common.names import printable
 from tasks.imaging.dicom_series import check_series, read_seg, read_volume
-from tasks.imaging.geometry import check_readers_agree, check_same_grid, nifti_affine
+from tasks.imaging.geometry import check_same_grid
+from tasks.imaging.nifti_reader import Role, describe_error, read_nifti
 from tasks.imaging.nifti_writer import save_nifti_gz
 from tasks.ingest.index import IngestSettings, fingerprint
 from tasks.ingest.sources import CaseSource
@@ -41,56 +42,25 @@ class CaseResult:
         self.warnings = [printable(w) for w in self.warnings]
 
 
-def _reason(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
-    return printable(f"{type(error).__name__}: {text}"[:160])
-
-
-def load_nifti(path: Path, name: str, role: str, settings: IngestSettings) -> tuple[np.ndarray, np.ndarray]:
+def load_nifti(path: Path, name: str, role: Role, settings: IngestSettings) -> tuple[np.ndarray, np.ndarray]:
     """Voxels (X×Y×Z[×C]) and RAS affine of a NIfTI file, after every check that needs no guessing.
 
-    The header is checked before any voxel is read: an absurd size fails fast without allocating
-    it, a short uncompressed file is called truncated, and the geometry must read the same in
-    nibabel and SimpleITK.
+    :func:`~tasks.imaging.nifti_reader.read_nifti` checks the header before any voxel is read (an
+    absurd size fails fast without allocating it, a short uncompressed file is called truncated);
+    for ingest the geometry must also read the same in nibabel and SimpleITK.
     """
-    try:
-        image = nib.load(str(path))
-    except Exception as error:  # nibabel raises many types for broken headers
-        raise CaseRejected(f"{name}: unreadable {role} ({_reason(error)})") from None
-    if not isinstance(image, nib.Nifti1Image):
-        raise CaseRejected(f"{name}: {role} is not a NIfTI-1 file ({type(image).__name__})")
-    shape = tuple(int(s) for s in image.shape)
-    if any(s <= 0 for s in shape) or int(np.prod(shape, dtype=np.int64)) > settings.max_voxels:
-        raise CaseRejected(f"{name}: header claims {role} shape {shape}, refused (limit {settings.max_voxels} voxels)")
-    if len(shape) not in (2, 3, 4) or (role == "label" and len(shape) == 4 and shape[3] != 1):
-        raise CaseRejected(f"{name}: {role} has {len(shape)} dimensions {shape}; expected 2D, 3D"
-                           f"{' or 4D (channels last)' if role == 'image' else ''}")
-    if path.name.endswith(".nii"):
-        needed = int(getattr(image.dataobj, "offset", 352)) + int(np.prod(shape)) * image.get_data_dtype().itemsize
-        if path.stat().st_size < needed:
-            raise CaseRejected(f"{name}: truncated {role} file ({path.stat().st_size} bytes, header needs {needed})")
-    affine = nifti_affine(image, name, settings.tolerance)
-    check_readers_agree(path, image, name, settings.tolerance)
-    try:
-        data = np.asanyarray(image.dataobj)
-    except Exception as error:  # zlib/EOF errors: a truncated or corrupt .nii.gz
-        raise CaseRejected(f"{name}: {role} data is truncated or corrupt ({_reason(error)})") from None
-    if data.ndim == 2:
-        data = data[:, :, None]
-    if role == "label" and data.ndim == 4:
-        data = data[..., 0]
-    return data, affine
+    volume = read_nifti(path, name, role=role, max_voxels=settings.max_voxels, geometry_tolerance=settings.tolerance)
+    return volume.data, volume.affine
 
 
 def read_image(source: CaseSource, settings: IngestSettings) -> tuple[np.ndarray, np.ndarray, Any]:
-    """(RAS voxels X×Y×Z[×C], RAS affine, the DICOM series plan or None)."""
+    """(RAS voxels X×Y×Z[×C], RAS affine, the checked DICOM series or None)."""
     if source.kind == "dicom":
-        plan = check_series(list(source.slices), source.name, settings.spacing_tolerance, settings.max_voxels)
-        data = read_volume(plan, source.name, settings.tolerance,
-                           convert=lambda voxels: image_dtype(voxels, source.name(plan.files[0])))
-        data, affine = to_ras(data, plan.affine)
-        return data, affine, plan
+        series = check_series(list(source.slices), source.name, settings.spacing_tolerance, settings.max_voxels)
+        data = read_volume(series, source.name, settings.tolerance,
+                           convert=lambda voxels: image_dtype(voxels, source.name(series.files[0])))
+        data, affine = to_ras(data, series.affine)
+        return data, affine, series
     channels = []
     for index, path in enumerate(source.images):
         data, affine = load_nifti(path, source.name(path), "image", settings)
@@ -110,13 +80,13 @@ def read_image(source: CaseSource, settings: IngestSettings) -> tuple[np.ndarray
     return data, affine, None
 
 
-def read_label(source: CaseSource, plan: Any, image_shape: tuple[int, ...], image_affine: np.ndarray,
+def read_label(source: CaseSource, series: Any, image_shape: tuple[int, ...], image_affine: np.ndarray,
                settings: IngestSettings) -> np.ndarray:
     """Integer label on the image's RAS grid; any geometry mismatch is a rejection, never a resample."""
     assert source.label is not None
     name = source.name(source.label)
     if source.label_kind == "seg":
-        data, affine = to_ras(read_seg(source.label, plan, source.name), plan.affine)
+        data, affine = to_ras(read_seg(source.label, series, source.name), series.affine)
     else:
         data, affine = to_ras(*load_nifti(source.label, name, "label", settings))
     check_same_grid(image_shape, image_affine, data.shape, affine, settings.tolerance, "label", name)
@@ -149,19 +119,20 @@ def ingest_case(source: CaseSource, output_dir: Path, settings: IngestSettings,
     same and the outputs are intact, the last result is returned without reading anything else.
     """
     try:
-        print_ = fingerprint(source, settings)
+        inputs_fingerprint = fingerprint(source, settings)
     except OSError as error:
-        return CaseResult(source.case_id, False, f"{source.name(source.image)}: cannot read input ({_reason(error)})")
-    if previous and previous.get("fingerprint") == print_ and (
+        return CaseResult(source.case_id, False,
+                          f"{source.name(source.image)}: cannot read input ({describe_error(error)})")
+    if previous and previous.get("fingerprint") == inputs_fingerprint and (
             not previous.get("accepted") or _outputs_intact(output_dir, previous.get("record") or {})):
         return CaseResult(source.case_id, bool(previous["accepted"]), previous.get("reason", ""),
                           list(previous.get("warnings", [])), dict(previous.get("record") or {}),
-                          written=False, unchanged=True, fingerprint=print_)
+                          written=False, unchanged=True, fingerprint=inputs_fingerprint)
     try:
-        image, affine, plan = read_image(source, settings)
+        image, affine, series = read_image(source, settings)
         if source.label is None:
             raise CaseRejected(source.missing_label or f"{source.name(source.image)}: no label")
-        label = read_label(source, plan, image.shape, affine, settings)
+        label = read_label(source, series, image.shape, affine, settings)
         label_name = source.name(source.label) if source.label else "label"
         classes, instances = label_arrays(label, label_name, settings)
         warnings = [] if classes.any() else [f"{label_name}: label is empty (no foreground)"]
@@ -189,11 +160,12 @@ def ingest_case(source: CaseSource, output_dir: Path, settings: IngestSettings,
             record["dicom"] = dict(source.allowed_tags)
         return CaseResult(source.case_id, True, warnings=warnings, record=record,
                           written=any(written for _, written in saved.values()),
-                          fingerprint=print_)
+                          fingerprint=inputs_fingerprint)
     except CaseRejected as error:
-        return CaseResult(source.case_id, False, reason=str(error), fingerprint=print_)
+        return CaseResult(source.case_id, False, reason=str(error), fingerprint=inputs_fingerprint)
     except MemoryError:
-        return CaseResult(source.case_id, False, f"{source.name(source.image)}: too large to load", fingerprint=print_)
+        return CaseResult(source.case_id, False, f"{source.name(source.image)}: too large to load",
+                          fingerprint=inputs_fingerprint)
 
 
 def _source_record(source: CaseSource) -> dict[str, Any]:

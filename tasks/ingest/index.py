@@ -7,12 +7,11 @@ the verdict and the manifest record per case, and is ignored whole when ``INGEST
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.common.hashing import sha256_file
+from tasks.common.hashing import json_digest, sha256_file
 from tasks.config import DataConfig
 from tasks.ingest.sources import CaseSource
 
@@ -39,10 +38,9 @@ class IngestSettings:
                    data.slice_spacing_tolerance, data.max_voxels)
 
     def key(self) -> str:
-        payload = json.dumps({"version": INGEST_VERSION, "labels": self.label_names,
+        return json_digest({"version": INGEST_VERSION, "labels": self.label_names,
                               "instances": self.instance_labels, "tolerance": self.tolerance,
-                              "spacing": self.spacing_tolerance, "max_voxels": self.max_voxels}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+                              "spacing": self.spacing_tolerance, "max_voxels": self.max_voxels}, 16)
 
 
 def fingerprint(source: CaseSource, settings: IngestSettings) -> str:
@@ -52,7 +50,7 @@ def fingerprint(source: CaseSource, settings: IngestSettings) -> str:
         images.sort()  # slice order comes from the headers, not from file names
     payload = {"kind": source.kind, "label_kind": source.label_kind, "settings": settings.key(),
                "images": images, "label": sha256_file(source.label) if source.label else None}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return json_digest(payload)
 
 
 def read_index(output_dir: Path) -> dict[str, dict]:

@@ -22,10 +22,8 @@ from typing import Literal
 
 from tasks.common.names import carries_identity, printable, pseudonym, redact, safe_case_id, unsafe_id
 from tasks.config import DataConfig
-from tasks.imaging.dicom_series import SliceHeader, scan
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+from tasks.imaging.dicom_headers import SliceHeader, scan
+from tasks.imaging.nifti_files import channel_of, strip_nifti_suffix
 
 
 @dataclass(frozen=True)
@@ -60,13 +58,6 @@ class Discovery:
     sources: list[CaseSource] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (case ID, reason)
     modality: str | None = None
-
-
-def strip_nifti_suffix(name: str) -> str | None:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
 
 
 def detect_kind(raw: Path, data: DataConfig) -> str:
@@ -125,8 +116,7 @@ def discover_nnunet(raw: Path, images_dir: str = "imagesTr", labels_dir: str = "
     groups: dict[str, dict[int | None, list[Path]]] = defaultdict(lambda: defaultdict(list))
     for path in _nifti_files(images):
         stem = strip_nifti_suffix(path.name) or ""
-        match = _CHANNEL.match(stem)
-        case, channel = (match["case"], int(match["channel"])) if match else (stem, None)
+        case, channel = channel_of(stem) or (stem, None)
         groups[case][channel].append(path)
     label_files = {strip_nifti_suffix(p.name): p for p in _nifti_files(labels)}
     used_labels: set[Path] = set()

@@ -11,6 +11,7 @@ import numpy as np
 
 from tasks.common.atomic import atomic_path
 from tasks.common.normalization import normalize, to_channel_first
+from tasks.common.plan import Plan
 from tasks.config import PreprocessConfig
 from tasks.preprocess.weight_map_cache import cached_weight_map
 
@@ -25,13 +26,13 @@ def load_case_arrays(dataset_dir: Path, case: dict) -> tuple[np.ndarray, np.ndar
     return image, label, instances
 
 
-def preprocess_case(dataset_dir: Path, case: dict, plan: dict, config: PreprocessConfig,
+def preprocess_case(dataset_dir: Path, case: dict, plan: Plan, config: PreprocessConfig,
                     output_dir: Path, cache_dir: Path) -> dict[str, Any]:
     """Write ``cases/<id>.npz`` holding image (C×…), label (1×…) and weight (1×…) arrays."""
-    dims = plan["spatial_dims"]
+    dims = plan.spatial_dims
     image, label, instances = load_case_arrays(dataset_dir, case)
     arrays = {
-        "image": to_channel_first(normalize(image, plan["normalization"]), dims),
+        "image": to_channel_first(normalize(image, plan.normalization), dims),
         "label": to_channel_first(label, dims),
     }
     cached = None

@@ -7,11 +7,11 @@ happens here, from training cases only, so validation and test intensities never
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tasks.common.normalization import channels_last
+from tasks.common.plan import ChannelNormalization, Normalization
 from tasks.preprocess.cases import load_case_arrays
 
 
@@ -63,7 +63,7 @@ def _channel_modalities(modality: str | list[str] | dict[str, str] | None, chann
 
 
 def normalization_from(stats: list[dict[str, float | None]], scheme: str,
-                       modality: str | list[str] | dict[str, str] | None) -> dict[str, Any]:
+                       modality: str | list[str] | dict[str, str] | None) -> Normalization:
     """nnU-Net's choice, per channel: CT is clipped to foreground percentiles then z-scored with
     foreground stats (fixed numbers from the training set, because Hounsfield units are absolute);
     every other modality is z-scored per image (its intensities have no absolute meaning)."""
@@ -73,11 +73,11 @@ def normalization_from(stats: list[dict[str, float | None]], scheme: str,
         if chosen == "ct":
             if not stat.get("n"):
                 raise ValueError("CT normalisation needs foreground voxels in the training cases; none found")
-            channels.append({"scheme": "ct", "clip": [stat["fg_p00_5"], stat["fg_p99_5"]],
-                             "mean": stat["fg_mean"], "std": max(stat["fg_std"], 1e-8)})
+            channels.append(ChannelNormalization(scheme="ct", clip=(stat["fg_p00_5"], stat["fg_p99_5"]),
+                                                 mean=stat["fg_mean"], std=max(stat["fg_std"], 1e-8)))
         else:
-            channels.append({"scheme": chosen})
-    return {"channels": channels}
+            channels.append(ChannelNormalization(scheme=chosen))
+    return Normalization(channels=tuple(channels))
 
 
 def case_intensity_sample(dataset_dir: Path, case: dict, max_samples: int) -> np.ndarray:

@@ -6,22 +6,13 @@ registered model, so inference never re-derives or hard-codes a preprocessing co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from tasks.common.atomic import write_json
+from tasks.common.plan import PLAN_FILE, IntensityStatistics, NetworkSpec, Plan, Split
 from tasks.config import DataConfig, ModelConfig, PreprocessConfig, TrainConfig
 from tasks.preprocess.intensity_stats import normalization_from
-
-
-@dataclass(frozen=True)
-class Split:
-    train: list[str]
-    val: list[str]
-    test: list[str]
 
 
 def split_cases(case_ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> Split:
@@ -34,8 +25,8 @@ def split_cases(case_ids: list[str], val_fraction: float, test_fraction: float, 
     if len(ids) - n_test - n_val < 1:
         raise ValueError(f"{len(ids)} cases are too few for val_fraction={val_fraction}, "
                          f"test_fraction={test_fraction}")
-    return Split(train=sorted(shuffled[n_test + n_val:]), val=sorted(shuffled[n_test:n_test + n_val]),
-                 test=sorted(shuffled[:n_test]))
+    return Split(train=tuple(sorted(shuffled[n_test + n_val:])), val=tuple(sorted(shuffled[n_test:n_test + n_val])),
+                 test=tuple(sorted(shuffled[:n_test])))
 
 
 def choose_patch_size(shapes: list[tuple[int, ...]], depth: int, requested: tuple[int, ...] | None,
@@ -60,8 +51,13 @@ def training_cases(manifest: dict, split: Split) -> list[dict]:
     return [case for case in manifest["cases"] if case["case_id"] in train]
 
 
+def network_spec(model: ModelConfig) -> NetworkSpec:
+    """The one place a ``model`` section becomes the plan's network (``compare`` asks it per variant)."""
+    return NetworkSpec(name=model.name, features=tuple(model.features), norm=model.norm, options=dict(model.options))
+
+
 def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, model: ModelConfig,
-              train: TrainConfig, stats: list[dict[str, float | None]], split: Split | None = None) -> dict[str, Any]:
+              train: TrainConfig, stats: list[dict[str, float | None]], split: Split | None = None) -> Plan:
     """Everything downstream executes this; ``stats`` must come from ``split.train`` only, so the
     normalisation never sees validation or test intensities."""
     shapes = [tuple(c["shape"][:3]) for c in manifest["cases"]]
@@ -70,21 +66,20 @@ def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, mo
     if spatial_dims == 2 and not flat:
         raise ValueError("model.spatial_dims=2 on volumes is not supported yet: use 3 or 2D images")
     split = split or plan_split(manifest, data)
-    return {
-        "spatial_dims": spatial_dims,
-        "in_channels": int(manifest["cases"][0]["channels"]),
-        "num_classes": len(manifest["labels"]),
-        "label_names": manifest["labels"],
-        "normalization": normalization_from(stats, preprocess.normalization, manifest.get("modality", "")),
-        "intensity_statistics": {"cases": split.train, "channels": stats},
-        "patch_size": choose_patch_size([s[:spatial_dims] for s in shapes], len(model.features),
-                                        train.patch_size),
-        "weight_maps": preprocess.weight_maps,
-        "split": {"train": split.train, "val": split.val, "test": split.test},
-        "network": {"name": model.name, "features": list(model.features), "norm": model.norm,
-                    **model.options},
-    }
+    return Plan(
+        spatial_dims=spatial_dims,
+        in_channels=int(manifest["cases"][0]["channels"]),
+        num_classes=len(manifest["labels"]),
+        label_names=manifest["labels"],
+        normalization=normalization_from(stats, preprocess.normalization, manifest.get("modality", "")),
+        intensity_statistics=IntensityStatistics(cases=split.train, channels=tuple(stats)),
+        patch_size=tuple(choose_patch_size([s[:spatial_dims] for s in shapes], len(model.features),
+                                           train.patch_size)),
+        weight_maps=preprocess.weight_maps,
+        split=split,
+        network=network_spec(model),
+    )
 
 
-def write_plan(output_dir: Path, plan: dict) -> None:
-    write_json(output_dir / "plan.json", plan)
+def write_plan(output_dir: Path, plan: Plan) -> None:
+    plan.write(output_dir / PLAN_FILE)

@@ -6,13 +6,12 @@ parameters the map depends on: changing ``w0`` or ``sigma`` recomputes them, not
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tasks.common.atomic import atomic_path
+from tasks.common.hashing import json_digest
 from tasks.config import PreprocessConfig
 
 WEIGHT_MAP_VERSION = 1  # bump when unet_weight_map's output changes, so stale cache entries are not reused
@@ -22,10 +21,9 @@ def weight_map_key(label_sha256: str, config: PreprocessConfig, spacing: list[fl
                    labels_are_instances: bool = True) -> str:
     """Cache key: the label's hash and exactly the parameters the map depends on, nothing else —
     so normalisation, training or model settings never invalidate the (expensive) weight maps."""
-    payload = json.dumps({"label": label_sha256, "w0": config.w0, "sigma": config.sigma,
+    return json_digest({"label": label_sha256, "w0": config.w0, "sigma": config.sigma,
                           "class_weights": config.class_weights, "spacing": spacing,
-                          "instances": labels_are_instances, "version": WEIGHT_MAP_VERSION}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+                          "instances": labels_are_instances, "version": WEIGHT_MAP_VERSION}, 32)
 
 
 def cached_weight_map(instances: np.ndarray, label_sha256: str, spacing: list[float],

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from tasks.common.plan import Plan
 from tasks.config import Params
 
 
@@ -78,16 +79,16 @@ def overlay_image(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) 
     return (rgb * 255).astype(np.uint8)
 
 
-def log_overlays(model: nn.Module, items: list[dict], plan: dict, prefix: str = "overlays") -> None:
+def log_overlays(model: nn.Module, items: list[dict], plan: Plan, prefix: str = "overlays") -> None:
     """One PNG per case (the middle slice in 3D) so predictions can be eyeballed in the UI."""
     import mlflow
 
     from tasks.inference.sliding_window import predict_labels
 
     for item in items:
-        prediction = predict_labels(model, item["image"], tuple(plan["patch_size"]))
+        prediction = predict_labels(model, item["image"], plan.patch_size)
         image, truth = item["image"][0], item["label"][0]
-        if plan["spatial_dims"] == 3:
+        if plan.spatial_dims == 3:
             middle = image.shape[-1] // 2
             image, truth, prediction = image[..., middle], truth[..., middle], prediction[..., middle]
         mlflow.log_image(overlay_image(image, truth, prediction), f"{prefix}/{item['case_id']}.png")

@@ -1,9 +1,22 @@
-"""Champion promotion: the alias ``champion`` moves only to a model that beats the current one."""
+"""Registry aliases: training moves ``candidate`` to each new version; ``champion`` moves only to a
+model that beats the current one on the test set.
+
+Reading the champion must not fail open: an unreachable or damaged store is an error, never "no
+champion yet", or a store outage would promote whatever model was trained last.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from tasks.tracking.store import TrackingError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
 
 
@@ -24,19 +37,54 @@ def decide_promotion(candidate_dice: float, champion_dice: float | None) -> tupl
     return False, f"test Dice {candidate_dice:.4f} does not beat champion's {champion_dice:.4f}"
 
 
-def promote_if_better(model_name: str, version: str, run_id: str, candidate_dice: float) -> PromotionDecision:
-    from mlflow import MlflowClient
+def read_champion(client: MlflowClient, model_name: str) -> tuple[ModelVersion | None, float | None]:
+    """(champion version, its test Dice), or (None, None) when the model or its alias does not exist.
+
+    The alias is looked up in the registered model's ``aliases`` rather than through
+    ``get_model_version_by_alias``, whose "alias not found" is a generic ``INVALID_PARAMETER_VALUE``
+    that a damaged alias row raises too; so only a missing registered model (``RESOURCE_DOES_NOT_EXIST``
+    on the one call that can only mean that) or an absent alias means "no champion". Any other error
+    (store unreachable or damaged, a dangling alias, the champion's run gone) raises ``TrackingError``.
+    """
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        registered = client.get_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None, None
+        raise _unreadable(model_name, error) from error
+    version = registered.aliases.get(CHAMPION_ALIAS)
+    if version is None:
+        return None, None
+    try:
+        champion = client.get_model_version(model_name, str(version))
+        dice = client.get_run(champion.run_id).data.metrics.get("test_dice") if champion.run_id else None
+    except MlflowException as error:
+        raise _unreadable(model_name, error) from error
+    return champion, dice
+
+
+def _unreadable(model_name: str, error: Exception) -> TrackingError:
+    import mlflow
+
+    return TrackingError(f"cannot read the {CHAMPION_ALIAS!r} of registered model {model_name!r} from the "
+                         f"MLflow registry {mlflow.get_registry_uri()}, so nothing was promoted: {error}")
+
+
+def promote_if_better(model_name: str, version: str, run_id: str, candidate_dice: float) -> PromotionDecision:
+    """Move ``champion`` to ``version`` if it beats the champion; tag the run and version with the decision.
+
+    Raises ``TrackingError`` (and changes nothing) when the champion cannot be read.
+    """
+    from mlflow import MlflowClient
 
     client = MlflowClient()
-    try:
-        champion = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-    except MlflowException:
-        champion = None
-    champion_dice = None
-    if champion is not None and champion.run_id:
-        champion_dice = client.get_run(champion.run_id).data.metrics.get("test_dice")
+    champion, champion_dice = read_champion(client, model_name)
     promoted, reason = decide_promotion(candidate_dice, champion_dice)
+    if champion is not None and champion_dice is None:  # say so, rather than "no champion yet"
+        reason = f"champion version {champion.version} has no test Dice to compare with"
     if promoted:
         client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     client.set_tag(run_id, "unetflow.promoted", str(promoted).lower())

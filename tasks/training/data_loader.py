@@ -39,6 +39,7 @@ from monai.transforms import (
 )
 
 from monai_ext.transforms import RandUNetElasticd
+from tasks.common.plan import Plan
 from tasks.config import AugmentConfig
 
 # How each key is resampled by spatial transforms: the label must stay in its label set.
@@ -84,9 +85,9 @@ class LoadPreprocessedd(MapTransform):
         return d
 
 
-def data_keys(plan: dict[str, Any]) -> list[str]:
+def data_keys(plan: Plan) -> list[str]:
     """The arrays a sample carries: the weight map only when the plan made one."""
-    return ["image", "label", "weight"] if plan.get("weight_maps") else ["image", "label"]
+    return ["image", "label", "weight"] if plan.weight_maps else ["image", "label"]
 
 
 def _as_config(augment: AugmentConfig | bool | None) -> AugmentConfig:
@@ -122,7 +123,7 @@ def _smoothed_noise_std(sigma: float, dims: int) -> float:
     return (1.0 / math.sqrt(3.0)) * (2.0 * math.sqrt(math.pi) * sigma) ** (-dims / 2.0)
 
 
-def elastic_transform(plan: dict[str, Any], config: AugmentConfig, keys: list[str]) -> MapTransform | None:
+def elastic_transform(plan: Plan, config: AugmentConfig, keys: list[str]) -> MapTransform | None:
     """One elastic transform over all ``keys`` (one field), or None when ``elastic: none``.
 
     ``monai``: ``Rand2DElasticd`` (Gaussian offsets on control points ``2·elastic_sigma`` apart,
@@ -135,7 +136,7 @@ def elastic_transform(plan: dict[str, Any], config: AugmentConfig, keys: list[st
     if config.elastic == "paper":
         return RandUNetElasticd(keys, prob=config.elastic_prob, grid=config.grid, sigma_px=config.sigma_px,
                                 mode=modes, padding_mode="reflect")
-    dims = plan["spatial_dims"]
+    dims = plan.spatial_dims
     low, high = config.elastic_magnitude
     common: dict[str, Any] = {"keys": keys, "prob": config.elastic_prob, "mode": modes, "padding_mode": "reflection"}
     if dims == 2:
@@ -154,12 +155,12 @@ def _rotate90_axes(patch: Sequence[int]) -> tuple[int, int] | None:
     return None
 
 
-def augmentation_transforms(plan: dict[str, Any], config: AugmentConfig, keys: list[str]) -> list[Any]:
+def augmentation_transforms(plan: Plan, config: AugmentConfig, keys: list[str]) -> list[Any]:
     """The random spatial and intensity transforms (applied after the patch is cropped)."""
     if not config.enabled:
         return []
-    dims = plan["spatial_dims"]
-    patch = list(plan["patch_size"])
+    dims = plan.spatial_dims
+    patch = list(plan.patch_size)
     modes = [INTERPOLATION[key] for key in keys]
     steps: list[Any] = []
     if config.affine_prob > 0:
@@ -185,11 +186,11 @@ def augmentation_transforms(plan: dict[str, Any], config: AugmentConfig, keys: l
     return steps
 
 
-def training_transforms(plan: dict[str, Any], augment: AugmentConfig | bool = True) -> Compose:
+def training_transforms(plan: Plan, augment: AugmentConfig | bool = True) -> Compose:
     """Load → pad (deterministic, cacheable) → foreground-biased crop → augmentation → tensors."""
     config = _as_config(augment)
     keys = data_keys(plan)
-    patch = list(plan["patch_size"])
+    patch = list(plan.patch_size)
     crop = [size + 2 * margin for size, margin in zip(patch, _deformation_margin(config, patch), strict=True)]
     steps: list[Any] = [
         LoadPreprocessedd(keys),
@@ -204,13 +205,13 @@ def training_transforms(plan: dict[str, Any], augment: AugmentConfig | bool = Tr
     return Compose(steps)
 
 
-def validation_transforms(plan: dict[str, Any]) -> Compose:
+def validation_transforms(plan: Plan) -> Compose:
     """No randomness: the whole preprocessed case as tensors (validation slides a window over it)."""
     keys = data_keys(plan)
     return Compose([LoadPreprocessedd(keys), EnsureTyped(keys, track_meta=False)])
 
 
-def training_dataset(items: list[dict[str, Any]], plan: dict[str, Any],
+def training_dataset(items: list[dict[str, Any]], plan: Plan,
                      augment: AugmentConfig | bool = True) -> Dataset:
     """Items holding arrays (``load_cases``) or ``npz`` paths (``case_records``); with
     ``loader_cache: memory`` the deterministic prefix of the transforms is computed once per case."""
@@ -223,7 +224,7 @@ def training_dataset(items: list[dict[str, Any]], plan: dict[str, Any],
     return Dataset(data, transform=transform)
 
 
-def training_loader(items: list[dict], plan: dict[str, Any], batch_size: int,
+def training_loader(items: list[dict], plan: Plan, batch_size: int,
                     augment: AugmentConfig | bool = True, num_workers: int | None = None) -> DataLoader:
     """Shuffled batches of augmented patches; ``num_workers`` (default ``augment.loader_workers``)
     processes run the random transforms, MONAI seeds them from torch's RNG so runs repeat."""

@@ -1,4 +1,5 @@
-"""One ``torchrun`` process of DDP training: ``python -m tasks.training.ddp_worker --root DIR [--set k=v]``.
+"""One ``torchrun`` process of DDP training: ``python -m tasks.training.ddp_worker --root DIR [--params FILE]
+[--set k=v]`` (``--params`` relative to ``--root``, as the flows read it).
 
 Kept apart from :mod:`tasks.training.distributed` (which the trainer imports for its process context),
 so the launcher, the context and the trainer import one another in one direction only.
@@ -20,8 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
-    params = load_params(None if args.params is None else args.root / args.params, args.set)
-    train_model(params, args.root.resolve(), resume=args.resume)
+    root = args.root.resolve()
+    params_file = None if args.params is None else root / args.params
+    train_model(load_params(params_file, args.set), root, resume=args.resume, params_file=params_file)
 
 
 if __name__ == "__main__":

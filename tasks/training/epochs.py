@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tasks.common.plan import Plan
 from tasks.config import TrainConfig
 from tasks.evaluation.metrics import dice_per_class
 from tasks.inference.sliding_window import predict_labels
@@ -42,11 +43,11 @@ def run_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer: torc
     return float(np.mean(losses)) if losses else math.nan
 
 
-def validate(model: nn.Module, items: list[dict], plan: dict, device: torch.device) -> dict[str, float]:
+def validate(model: nn.Module, items: list[dict], plan: Plan, device: torch.device) -> dict[str, float]:
     scores: dict[int, list[float]] = {}
     for item in items:
-        prediction = predict_labels(model, item["image"], tuple(plan["patch_size"]), device=device)
-        for cls, score in dice_per_class(prediction, item["label"][0], plan["num_classes"]).items():
+        prediction = predict_labels(model, item["image"], plan.patch_size, device=device)
+        for cls, score in dice_per_class(prediction, item["label"][0], plan.num_classes).items():
             scores.setdefault(cls, []).append(score)
     metrics = {f"val_dice_{cls}": float(np.mean(values)) for cls, values in scores.items()}
     metrics["val_dice"] = float(np.mean(list(metrics.values()))) if metrics else 0.0

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import resource
-import sys
-
 import torch
 from torch import nn
 
@@ -33,15 +30,3 @@ def make_loss(params: Params) -> nn.Module:
     from monai_ext.losses import build_loss
 
     return build_loss(params.train.loss, **params.train.loss_options)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """GPU: peak allocated by torch. CPU: the process's peak resident set (a high-water mark)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20

@@ -1,9 +1,11 @@
 """Train: execute the plan — build the network, fit it, track everything in MLflow.
 
-``train_model`` is a plain function (the Prefect flows only call it). It checkpoints every epoch
-atomically (model, optimizer, scheduler, AMP scaler, RNG state, history and the MLflow run ID), so
-a killed run resumes into the *same* MLflow run; it keeps the weights with the best validation
-Dice and logs them as the run's model, registered with the alias ``candidate``.
+``train_model`` is a plain function (the Prefect flows only call it) that drives a ``Trainer`` through
+its steps: set up (network, optimizer, schedule, AMP scaler and loss on the device), ``resume_from``
+a checkpoint, ``fit`` (one ``_epoch`` at a time) and ``finish``. Every epoch is checkpointed
+atomically (model, optimizer, scheduler, AMP scaler, RNG state, history and the MLflow run ID), so a
+killed run resumes into the *same* MLflow run; the weights with the best validation Dice are logged
+as the run's model, registered with the alias ``candidate``.
 
 On CUDA it trains with mixed precision, channels-last memory (2D) and, if asked, ``torch.compile``;
 on CPU the same loop runs in float32.
@@ -11,12 +13,11 @@ on CPU the same loop runs in float32.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,19 @@ import torch
 from torch import nn
 
 from tasks.common.atomic import write_json
+from tasks.common.devices import resolve_device
+from tasks.common.plan import PLAN_FILE, Plan, build_model
 from tasks.config import Params
-from tasks.tracking.model_package import PLAN_FILE, build_model, load_checkpoint, save_checkpoint
+from tasks.tracking.artifacts import log_learning_curve, log_overlays, tracking_tags
+from tasks.tracking.model_package import load_checkpoint, log_and_register, save_checkpoint
 from tasks.training.checkpoint import rng_state, seed_everything, set_rng_state
 from tasks.training.data_loader import load_cases, training_loader
+from tasks.training.distributed import DistributedContext
 from tasks.training.epochs import run_epoch, validate
-from tasks.training.optim import count_parameters, make_loss, make_optimizer, make_scheduler, peak_memory_mb
+from tasks.training.measures import count_parameters, peak_memory_mb
+from tasks.training.optim import make_loss, make_optimizer, make_scheduler
 
 log = logging.getLogger("unetflow.train")
-
-CANDIDATE_ALIAS = "candidate"
 
 
 @dataclass
@@ -54,12 +58,14 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
 
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda")
-    return torch.device("cpu")
+@dataclass
+class BestWeights:
+    """The best validation Dice so far, its epoch, and a CPU copy of the weights that reached it
+    (``None`` until a validation beats -1, so a run that never validated ends with its last weights)."""
+
+    dice: float = -1.0
+    epoch: int = -1
+    state: dict[str, torch.Tensor] | None = None
 
 
 def _progress() -> Any:
@@ -69,163 +75,232 @@ def _progress() -> Any:
                     TimeRemainingColumn(), disable=not sys.stderr.isatty(), transient=True)
 
 
+class PlanMismatch(ValueError):
+    """``params.yaml``'s model is not the network preprocess planned: preprocess must run again."""
+
+
+def read_plan(preprocessed: Path, params: Params) -> Plan:
+    """Preprocess's plan, which the trainer executes and never edits; a ``model`` section changed since
+    preprocess ran is refused (``dvc repro`` or ``unetflow preprocess`` re-plans), not patched over."""
+    from tasks.preprocess.planning import network_spec
+
+    plan = Plan.read(preprocessed / PLAN_FILE)
+    wanted = network_spec(params.model)
+    if plan.network != wanted:
+        changed = [key for key in ("name", "features", "norm", "options")
+                   if getattr(plan.network, key) != getattr(wanted, key)]
+        raise PlanMismatch(f"params.yaml's model ({', '.join(f'model.{k}' for k in changed)}) differs from the "
+                           f"network in {PLAN_FILE}, planned by preprocess: run `unetflow preprocess` "
+                           f"(or `dvc repro`) first")
+    return plan
+
+
 def train_model(params: Params, root: Path, resume: bool = False, *, output_dir: Path | None = None,
                 register: bool = True, run_name: str | None = None, nested: bool = False,
-                extra_tags: dict[str, str] | None = None) -> TrainResult | None:
+                extra_tags: dict[str, str] | None = None, plan: Plan | None = None,
+                params_file: Path | None = None) -> TrainResult | None:
     """Train per ``params`` on the preprocessed plan under ``root``; see the module docstring.
 
-    Under ``torchrun`` every process trains its shard of the cases; rank 0 alone tracks, validates,
-    checkpoints and returns the result (other ranks return None).
+    ``plan`` defaults to preprocess's ``plan.json``; ``compare`` passes the same plan with another network.
+    ``params_file`` is the YAML file ``params`` was read from, kept with the run as ``params.yaml``
+    (``None``: only ``resolved_params.json`` is kept). Under ``torchrun`` every process trains its shard
+    of the cases; rank 0 alone tracks, validates, checkpoints and returns the result (other ranks: None).
     """
     import mlflow
 
-    from tasks.tracking.artifacts import log_learning_curve, log_overlays, tracking_tags
     from tasks.tracking.store import configure_tracking
-    from tasks.training.distributed import DistributedContext
 
-    config = params.train
     ctx = DistributedContext.from_env()
-    main = ctx.is_main
-    preprocessed = root / params.preprocess.output_dir
-    output_dir = output_dir or root / config.output_dir
-    checkpoint_path = output_dir / "checkpoint.pt"
-    plan = json.loads((preprocessed / PLAN_FILE).read_text(encoding="utf-8"))
-    plan["network"] = {"name": params.model.name, "features": list(params.model.features),
-                       "norm": params.model.norm, **params.model.options}
-    if main:
+    plan = plan or read_plan(root / params.preprocess.output_dir, params)
+    if ctx.is_main:
         configure_tracking(params.tracking, root)  # fails here, before any training, if misconfigured
-
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    device = ctx.device(pick_device(config.device))
-    ctx.start(device)
-    seed_everything(config.seed + ctx.rank)  # DDP copies rank 0's initial weights; augmentations differ
-    model = build_model(plan).to(device)
-    if device.type == "cuda" and plan["spatial_dims"] == 2:
-        model = model.to(memory_format=torch.channels_last)
-    if ctx.enabled and device.type == "cuda":  # SyncBatchNorm runs on GPUs only; with gloo, BN stays per process
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
-    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    loss_fn = make_loss(params)
-
-    start_epoch, run_id, history = 0, None, []
-    best: dict[str, Any] = {"dice": -1.0, "state": None, "epoch": -1}
-    if resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if not ctx.enabled:
-            set_rng_state(state["rng"])
-        start_epoch, run_id, history = state["epoch"] + 1, state["run_id"], state["history"]
-        best = {"dice": state["best_dice"], "state": state["best_model"], "epoch": state["best_epoch"]}
-        log.info("resuming MLflow run %s at epoch %d of %d", run_id, start_epoch + 1, config.epochs)
-    elif resume:
-        log.warning("--resume: no checkpoint at %s, starting a new run", checkpoint_path)
-    wrapped = ctx.wrap(model, device)
-    forward = torch.compile(wrapped) if config.compile and device.type == "cuda" else wrapped
-
-    train_items = ctx.shard(load_cases(preprocessed, plan["split"]["train"]))
-    val_items = load_cases(preprocessed, plan["split"]["val"]) if main else []
-    loader = training_loader(train_items, plan, config.batch_size, params.train.augment)
-    use_weights = bool(plan.get("weight_maps"))
-    stopped_early, epoch_seconds = False, []
-
-    tracking = (mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested,
-                                 log_system_metrics=params.tracking.system_metrics)
-                if main else contextlib.nullcontext())
-    with tracking as run:
-        if main and run_id is None:
-            mlflow.log_params(params.flat())
-            mlflow.set_tags({**tracking_tags(params, root), **(extra_tags or {})})
-            mlflow.log_params({"model.parameters": count_parameters(model), "device": str(device),
-                               "world_size": ctx.world_size})
-            mlflow.log_dict(plan, "plan.json")
-            config_file = root / "params.yaml"
-            mlflow.log_text(config_file.read_text(encoding="utf-8") if config_file.exists() else "", "params.yaml")
-            mlflow.log_dict(params.model_dump(mode="json"), "resolved_params.json")
-        with _progress() as progress:
-            bar = progress.add_task("train", total=config.epochs, completed=start_epoch, status="")
-            for epoch in range(start_epoch, config.epochs):
-                started = time.perf_counter()
-                train_loss = run_epoch(forward, loader, loss_fn, optimizer, scaler, device, config, use_weights)
-                scheduler.step()
-                if not main:
-                    if ctx.broadcast(None):
-                        break
-                    continue
-                metrics = {"train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
-                validated = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
-                if validated:
-                    metrics |= validate(model, val_items, plan, device)
-                    if metrics["val_dice"] > best["dice"]:
-                        best = {"dice": metrics["val_dice"], "epoch": epoch,
-                                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-                metrics["epoch_seconds"] = time.perf_counter() - started
-                epoch_seconds.append(metrics["epoch_seconds"])
-                mlflow.log_metrics(metrics, step=epoch)
-                history.append({"epoch": epoch, **metrics})
-                if config.overlay_every and (epoch + 1) % config.overlay_every == 0:
-                    log_overlays(model, val_items[:4], plan, prefix=f"overlays/epoch_{epoch + 1:03d}")
-                log.info("epoch %d/%d loss %.4f val Dice %s", epoch + 1, config.epochs, train_loss,
-                         f"{metrics['val_dice']:.4f}" if "val_dice" in metrics else "-")
-                progress.update(bar, advance=1, status=f"loss {train_loss:.3f} Dice {best['dice']:.3f}")
-                save_checkpoint(checkpoint_path, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                    "epoch": epoch, "run_id": run.info.run_id, "history": history, "plan": plan,
-                    "best_dice": best["dice"], "best_model": best["state"], "best_epoch": best["epoch"],
-                })
-                patience = config.early_stopping_patience
-                stopped_early = bool(validated and patience and epoch - best["epoch"] >= patience * config.val_every)
-                if ctx.broadcast(stopped_early):
-                    log.info("early stop: no better validation Dice for %d epochs", epoch - best["epoch"])
-                    break
-        if not main:
-            ctx.stop()
-            return None
-
-        # A plain copy of the network (no DDP/SyncBatchNorm wrappers) with the best weights.
-        final = build_model(plan)
-        final.load_state_dict(best["state"] if best["state"] is not None else
-                              {k: v.cpu() for k, v in model.state_dict().items()})
-        final.eval()
-        save_checkpoint(output_dir / "model.pt", {"model": final.state_dict(), "plan": plan})
-        memory = peak_memory_mb(device)
-        mlflow.log_metrics({"best_val_dice": best["dice"], "best_epoch": best["epoch"], "peak_memory_mb": memory})
-        log_learning_curve(history)
-        log_overlays(final, val_items[:4], plan)
-        model_uri, version = log_and_register(final, plan, params, output_dir, register)
-        result = TrainResult(
-            run_id=run.info.run_id, model_uri=model_uri, registered_version=version, best_val_dice=best["dice"],
-            best_epoch=best["epoch"], epochs_run=len(history), stopped_early=stopped_early,
-            checkpoint=str(output_dir / "model.pt"),
-            seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else math.nan,
-            parameters=count_parameters(final), peak_memory_mb=memory, history=history)
-    write_json(output_dir / "train.json", {k: v for k, v in asdict(result).items() if k != "history"})
+    trainer = Trainer(params, root, plan, ctx, output_dir or root / params.train.output_dir)
+    if resume:
+        trainer.resume_from(trainer.checkpoint_path)
+    trainer.prepare_loop()
+    if not ctx.is_main:
+        trainer.fit(run_id=None)
+        ctx.stop()
+        return None
+    with mlflow.start_run(run_id=trainer.run_id, run_name=run_name, nested=nested,
+                          log_system_metrics=params.tracking.system_metrics) as run:
+        if trainer.run_id is None:
+            trainer.log_new_run(params_file, extra_tags)
+        trainer.fit(run_id=run.info.run_id)
+        result = trainer.finish(register)
+    write_json(trainer.output_dir / "train.json", {k: v for k, v in asdict(result).items() if k != "history"})
     ctx.stop()
     return result
 
 
-def log_and_register(model: nn.Module, plan: dict, params: Params, output_dir: Path,
-                     register: bool = True) -> tuple[str, str | None]:
-    """Log the model pickled (any input size works), with its plan; register it as ``candidate``."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow import MlflowClient
+class Trainer:
+    """One training run's state between epochs: what a checkpoint holds and what ``finish`` reports.
 
-    plan_file = output_dir / PLAN_FILE
-    write_json(plan_file, plan)
-    example = np.zeros((1, plan["in_channels"], *plan["patch_size"]), dtype=np.float32)
-    info = mlflow.pytorch.log_model(
-        model, name="model", serialization_format="pickle", extra_files=[str(plan_file)],
-        input_example=example, registered_model_name=params.tracking.model_name if register else None,
-        pip_requirements=["torch", "monai", "unetflow"],
-    )
-    version = getattr(info, "registered_model_version", None) if register else None
-    if version is not None:
-        MlflowClient().set_registered_model_alias(params.tracking.model_name, CANDIDATE_ALIAS, str(version))
-    return info.model_uri, None if version is None else str(version)
+    Steps, in order: construct (set up), ``resume_from`` (optional), ``prepare_loop``, ``fit``,
+    ``finish`` (rank 0, inside the MLflow run). Only rank 0 validates, logs and checkpoints.
+    """
+
+    def __init__(self, params: Params, root: Path, plan: Plan, ctx: DistributedContext, output_dir: Path) -> None:
+        """Seed, then build network, optimizer, schedule, AMP scaler and loss on this process's device."""
+        self.params, self.config, self.root, self.plan, self.ctx = params, params.train, root, plan, ctx
+        self.output_dir = output_dir
+        self.checkpoint_path = output_dir / "checkpoint.pt"
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+        self.device = ctx.device(resolve_device(self.config.device, "train.device"))
+        ctx.start(self.device)
+        seed_everything(self.config.seed + ctx.rank)  # DDP copies rank 0's initial weights; augmentations differ
+        self.model = self._network()
+        self.optimizer = make_optimizer(self.model, self.config)
+        self.scheduler = make_scheduler(self.optimizer, self.config)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.config.amp and self.device.type == "cuda")
+        self.loss_fn = make_loss(params)
+        self.start_epoch = 0
+        self.run_id: str | None = None  # the MLflow run: from the checkpoint when resuming, else set by fit
+        self.history: list[dict[str, float]] = []
+        self.best = BestWeights()
+        self.stopped_early = False
+        self.epoch_seconds: list[float] = []  # this process's epochs only: a resumed run's speed is its own
+        self.forward: nn.Module = self.model
+        self.loader: Any = None
+        self.val_items: list[dict] = []
+
+    def _network(self) -> nn.Module:
+        model = build_model(self.plan).to(self.device)
+        if self.device.type == "cuda" and self.plan.spatial_dims == 2:
+            model = model.to(memory_format=torch.channels_last)
+        if self.ctx.enabled and self.device.type == "cuda":  # SyncBatchNorm runs on GPUs only; gloo keeps BN local
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    def resume_from(self, checkpoint: Path) -> bool:
+        """Continue where ``checkpoint`` stopped, in its MLflow run; without one, warn and start afresh."""
+        if not checkpoint.exists():
+            log.warning("--resume: no checkpoint at %s, starting a new run", checkpoint)
+            return False
+        state = load_checkpoint(checkpoint, self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if not self.ctx.enabled:  # the checkpoint holds rank 0's RNG only; DDP ranks keep their own seeds
+            set_rng_state(state["rng"])
+        self.start_epoch, self.run_id, self.history = state["epoch"] + 1, state["run_id"], state["history"]
+        self.best = BestWeights(state["best_dice"], state["best_epoch"], state["best_model"])
+        log.info("resuming MLflow run %s at epoch %d of %d", self.run_id, self.start_epoch + 1, self.config.epochs)
+        return True
+
+    def prepare_loop(self) -> None:
+        """Wrap the network (DDP, ``torch.compile``) and load the cases. After ``resume_from``: DDP
+        broadcasts rank 0's weights when wrapping, and the loader must start from the restored RNG."""
+        wrapped = self.ctx.wrap(self.model, self.device)
+        self.forward = torch.compile(wrapped) if self.config.compile and self.device.type == "cuda" else wrapped
+        preprocessed = self.root / self.params.preprocess.output_dir
+        train_items = self.ctx.shard(load_cases(preprocessed, self.plan.split.train))
+        self.val_items = load_cases(preprocessed, self.plan.split.val) if self.ctx.is_main else []
+        self.loader = training_loader(train_items, self.plan, self.config.batch_size, self.config.augment)
+
+    def log_new_run(self, params_file: Path | None, extra_tags: dict[str, str] | None) -> None:
+        """What a new run records once (a resumed run has it already): params, tags, the plan, and the
+        parameters both as the file the user wrote (``params.yaml``) and as validated (with overrides)."""
+        import mlflow
+
+        mlflow.log_params(self.params.flat())
+        mlflow.set_tags({**tracking_tags(self.params, self.root), **(extra_tags or {})})
+        mlflow.log_params({"model.parameters": count_parameters(self.model), "device": str(self.device),
+                           "world_size": self.ctx.world_size})
+        mlflow.log_dict(self.plan.to_json(), PLAN_FILE)
+        if params_file is not None:  # a missing file means all defaults, as load_params reads it
+            text = params_file.read_text(encoding="utf-8") if params_file.exists() else ""
+            mlflow.log_text(text, "params.yaml")
+        mlflow.log_dict(self.params.model_dump(mode="json"), "resolved_params.json")
+
+    def fit(self, run_id: str | None) -> None:
+        """Epochs from ``start_epoch`` up to ``train.epochs``, or until early stopping; ``run_id`` is
+        the active MLflow run the checkpoints name (rank 0; other ranks pass None)."""
+        self.run_id = run_id
+        with _progress() as progress:
+            bar = progress.add_task("train", total=self.config.epochs, completed=self.start_epoch, status="")
+            for epoch in range(self.start_epoch, self.config.epochs):
+                if self._epoch(epoch, lambda status: progress.update(bar, advance=1, status=status)):
+                    break
+
+    def _epoch(self, epoch: int, advance: Callable[[str], None]) -> bool:
+        """Train one epoch; rank 0 then validates, logs and checkpoints. True: stop early (on every rank)."""
+        started = time.perf_counter()
+        train_loss = run_epoch(self.forward, self.loader, self.loss_fn, self.optimizer, self.scaler, self.device,
+                               self.config, self.plan.weight_maps)
+        self.scheduler.step()
+        if not self.ctx.is_main:
+            return bool(self.ctx.broadcast(None))
+        metrics = {"train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"]}
+        validated = (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.config.epochs
+        if validated:
+            metrics |= self._validate(epoch)
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        self._record(epoch, metrics)
+        advance(f"loss {train_loss:.3f} Dice {self.best.dice:.3f}")
+        self._save_checkpoint(epoch)
+        patience, stale = self.config.early_stopping_patience, epoch - self.best.epoch
+        self.stopped_early = bool(validated and patience and stale >= patience * self.config.val_every)
+        if self.ctx.broadcast(self.stopped_early):
+            log.info("early stop: no better validation Dice for %d epochs", stale)
+            return True
+        return False
+
+    def _validate(self, epoch: int) -> dict[str, float]:
+        """Validation Dice per class and mean; a better mean keeps a CPU copy of these weights."""
+        metrics = validate(self.model, self.val_items, self.plan, self.device)
+        if metrics["val_dice"] > self.best.dice:
+            state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.best = BestWeights(metrics["val_dice"], epoch, state)
+        return metrics
+
+    def _record(self, epoch: int, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        self.epoch_seconds.append(metrics["epoch_seconds"])
+        mlflow.log_metrics(metrics, step=epoch)
+        self.history.append({"epoch": epoch, **metrics})
+        if self.config.overlay_every and (epoch + 1) % self.config.overlay_every == 0:
+            log_overlays(self.model, self.val_items[:4], self.plan, prefix=f"overlays/epoch_{epoch + 1:03d}")
+        log.info("epoch %d/%d loss %.4f val Dice %s", epoch + 1, self.config.epochs, metrics["train_loss"],
+                 f"{metrics['val_dice']:.4f}" if "val_dice" in metrics else "-")
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        """Everything ``resume_from`` needs, written atomically: a kill mid-save keeps the previous one."""
+        save_checkpoint(self.checkpoint_path, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
+            "epoch": epoch, "run_id": self.run_id, "history": self.history, "plan": self.plan.to_json(),
+            "best_dice": self.best.dice, "best_model": self.best.state, "best_epoch": self.best.epoch,
+        })
+
+    def finish(self, register: bool) -> TrainResult:
+        """Rank 0, inside the MLflow run: the best weights as ``model.pt`` and as the run's MLflow model
+        (registered as ``candidate`` if ``register``), summary metrics, learning curve and overlays."""
+        import mlflow
+
+        run_id = mlflow.active_run().info.run_id
+        final = self._best_plain_model()
+        save_checkpoint(self.output_dir / "model.pt", {"model": final.state_dict(), "plan": self.plan.to_json()})
+        memory = peak_memory_mb(self.device)
+        mlflow.log_metrics({"best_val_dice": self.best.dice, "best_epoch": self.best.epoch, "peak_memory_mb": memory})
+        log_learning_curve(self.history)
+        log_overlays(final, self.val_items[:4], self.plan)
+        model_uri, version = log_and_register(final, self.plan, self.output_dir,
+                                              self.params.tracking.model_name if register else None)
+        return TrainResult(
+            run_id=run_id, model_uri=model_uri, registered_version=version, best_val_dice=self.best.dice,
+            best_epoch=self.best.epoch, epochs_run=len(self.history), stopped_early=self.stopped_early,
+            checkpoint=str(self.output_dir / "model.pt"),
+            seconds_per_epoch=float(np.mean(self.epoch_seconds)) if self.epoch_seconds else math.nan,
+            parameters=count_parameters(final), peak_memory_mb=memory, history=self.history)
+
+    def _best_plain_model(self) -> nn.Module:
+        """A fresh copy of the network (no DDP/SyncBatchNorm wrappers, on the CPU) with the best weights,
+        or the last ones when no validation ran."""
+        final = build_model(self.plan)
+        final.load_state_dict(self.best.state if self.best.state is not None else
+                              {k: v.cpu() for k, v in self.model.state_dict().items()})
+        return final.eval()

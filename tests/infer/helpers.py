@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from monai_ext.networks.base import SegmentationNetwork
+from tasks.common.plan import Plan
 from tasks.inference.segment import InferSettings
 
 
@@ -40,11 +41,13 @@ class ThresholdNet(SegmentationNetwork):
         return torch.cat([-score, score], dim=1), [], x[:, :1]
 
 
-def plan_for(spatial_dims: int, patch: list[int], in_channels: int = 1, normalization: str = "none") -> dict:
-    return {"spatial_dims": spatial_dims, "in_channels": in_channels, "num_classes": 2,
-            "label_names": {"background": 0, "lesion": 1}, "patch_size": patch,
-            "normalization": {"channels": [{"scheme": normalization}] * in_channels},
-            "network": {"name": "unet", "features": [4, 8, 16], "norm": "batch"}}
+def plan_for(spatial_dims: int, patch: list[int], in_channels: int = 1, normalization: str = "none") -> Plan:
+    return Plan.model_validate({
+        "spatial_dims": spatial_dims, "in_channels": in_channels, "num_classes": 2,
+        "label_names": {"background": 0, "lesion": 1}, "patch_size": patch,
+        "normalization": {"channels": [{"scheme": normalization}] * in_channels},
+        "split": {"train": [], "val": [], "test": []},
+        "network": {"name": "unet", "features": [4, 8, 16], "norm": "batch"}})
 
 
 def settings(**changes) -> InferSettings:

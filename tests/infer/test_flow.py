@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from tasks.tracking.model_package import build_model, save_checkpoint
+from tasks.common.plan import build_model
+from tasks.tracking.model_package import save_checkpoint
 from tests.infer.helpers import blobs, plan_for, save_nifti
 from tests.ingest.makers import write_series
 
@@ -20,7 +20,7 @@ from tests.ingest.makers import write_series
 def _project(root: Path, runner: str) -> Path:
     torch.manual_seed(0)
     plan = plan_for(3, [16, 16, 8], normalization="zscore")
-    save_checkpoint(root / "model.pt", {"model": build_model(plan).state_dict(), "plan": plan})
+    save_checkpoint(root / "model.pt", {"model": build_model(plan).state_dict(), "plan": plan.to_json()})
     for i in range(2):
         save_nifti(blobs((16, 16, 8), seed=i), root / "inbox" / f"case{i}.nii.gz", np.diag([0.9, 0.9, 2.0, 1.0]))
     write_series(root / "inbox" / "dicom" / "s1", (blobs((8, 16, 16), seed=5) * 300).astype(np.uint16) + 1000)
@@ -46,10 +46,7 @@ def test_infer_flow_threads_then_resume(tmp_path, prefect_harness):
     assert (again["done"], again["skipped"], again["failed"]) == (0, 3, 1)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("UNETFLOW_SLOW_TESTS"),
-                    reason="a local Dask cluster (2 processes importing torch + MONAI) takes ~1 min on 2 cores; "
-                           "set UNETFLOW_SLOW_TESTS=1")
+@pytest.mark.slow  # a local Dask cluster (2 processes importing torch + MONAI): ~1 min on 2 cores
 def test_infer_flow_on_a_local_dask_cluster(tmp_path, prefect_harness):
     pytest.importorskip("prefect_dask")
     from flows.infer import infer_flow

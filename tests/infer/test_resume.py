@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.common.plan import build_model
 from tasks.inference.batch import model_identity, run_batch
 from tasks.inference.segment import InferSettings
-from tasks.tracking.model_package import build_model, load_model, save_checkpoint
+from tasks.tracking.model_package import load_model, save_checkpoint
 from tests.infer.helpers import blobs, plan_for, save_nifti
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ def checkpoint(tmp_path: Path) -> Path:
     plan = plan_for(3, [16, 16, 8], normalization="zscore")
     model = build_model(plan)
     path = tmp_path / "model.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "plan": plan})
+    save_checkpoint(path, {"model": model.state_dict(), "plan": plan.to_json()})
     return path
 
 

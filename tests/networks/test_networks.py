@@ -102,7 +102,7 @@ def test_wrong_channels_or_dims_refused() -> None:
 
 
 def test_cgm_gate_suppresses_foreground_in_eval_only() -> None:
-    model = make("unet", 2, cgm=True, cgm_gate=True, cgm_threshold=1.1).eval()  # threshold > 1: always gated
+    model = make("unet", 2, cgm=True, cgm_gate=True, cgm_gate_threshold=1.1).eval()  # threshold > 1: always gated
     with torch.no_grad():
         y = model(torch.randn(1, IN_CH, 16, 16))
     assert (y.argmax(1) == 0).all()

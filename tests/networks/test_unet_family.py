@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
 from networks_cases import make, n_params
+from torch.utils.flop_counter import FlopCounterMode
 
 from monai_ext.networks import build_network, valid_unet_input_size, valid_unet_output_size
 
@@ -63,24 +63,24 @@ def test_unetpp_pruned_equals_full_heads(dims: int) -> None:
         assert torch.equal(model.prune(None)(x), heads[-1])
 
 
-def test_unetpp_pruning_is_faster() -> None:
+def test_unetpp_pruning_computes_less() -> None:
+    """Pruned to head L, UNet++ computes only the nodes X^{i,j} with i + j <= L: fewer FLOPs per level down.
+
+    Counted, not timed: the wall-clock speed-ups are benchmark figures (benchmarks/networks.py,
+    ``unetpp_pruning`` in its JSON report).
+    """
     model = build_network("unetpp", 2, 1, 2, features=(8, 16, 32, 64, 128), deep_supervision=True).eval()
-    x = torch.randn(1, 1, 128, 128)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # multi-threaded kernels on a loaded machine time the load, not the model
+    x = torch.randn(1, 1, 32, 32)
+    flops: dict[int | None, int] = {}
     try:
-        best: dict[int | None, float] = {None: float("inf"), 1: float("inf")}
-        with torch.no_grad():
-            for _ in range(4):  # interleaved, best of 4: robust to bursts of outside load
-                for level in best:
-                    model.prune(level)
-                    t = time.perf_counter()
-                    model(x)
-                    best[level] = min(best[level], time.perf_counter() - t)
+        for level in (1, 2, 3, None):
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model.prune(level)(x)
+            flops[level] = counter.get_total_flops()
     finally:
-        torch.set_num_threads(threads)
         model.prune(None)
-    assert best[1] < best[None]
+    assert flops[1] < flops[2] < flops[3] < flops[None]
+    assert flops[1] * 4 < flops[None]  # L1 skips the three deepest encoder levels and 9 of 10 nested nodes
 
 
 def test_unetpp_pruning_needs_heads() -> None:

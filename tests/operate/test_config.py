@@ -1,5 +1,6 @@
 """Fast checks of what operators rely on: prefect.yaml's deployments fit the flows, and the Makefile's
-operate targets run flows/serve.py and the MLflow UI on loopback."""
+operate targets run `unetflow serve` and the MLflow UI on loopback; `unetflow serve`/`serve-stop` refuse or
+no-op without a server."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from importlib import import_module
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import BIN, REPO
 
 
 def deployments() -> dict[str, dict]:
@@ -56,14 +57,14 @@ def test_make_targets_serve_on_loopback() -> None:
                          capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout
-    assert f"-m flows.serve start --root {REPO} --port 4999" in lines
-    assert f"-m flows.serve stop --root {REPO}" in lines
+    assert f"unetflow serve --root {REPO} --port 4999" in lines
+    assert f"unetflow serve-stop --root {REPO}" in lines
     assert "mlflow ui --backend-store-uri sqlite:///" in lines and "--host 127.0.0.1 --port 5999" in lines
     assert "MLFLOW_DISABLE_TELEMETRY=true" in lines
 
 
 def test_serve_stop_with_nothing_running_is_a_no_op(tmp_path) -> None:
-    done = subprocess.run([sys.executable, "-m", "flows.serve", "stop", "--root", str(tmp_path)], cwd=REPO,
+    done = subprocess.run([str(BIN / "unetflow"), "serve-stop", "--root", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "nothing left running" in done.stdout, done.stdout + done.stderr
 
@@ -76,7 +77,22 @@ def test_serve_start_refuses_a_busy_port(tmp_path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "flows.serve", "start", "--root", str(tmp_path), "--port",
-                               str(port)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([str(BIN / "unetflow"), "serve", "--root", str(tmp_path), "--port", str(port)],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and f"port {port}" in done.stderr, done.stdout + done.stderr
     assert not (tmp_path / "outputs" / "serve" / "serve.pid").exists()
+
+
+@pytest.mark.parametrize(("command", "expected"), [("serve", True), ("serve-stop", False), ("demo", False)])
+def test_only_unetflow_serve_counts_as_the_supervisor(command: str, expected: bool) -> None:
+    from tasks.serving.processes import is_supervisor
+
+    # A stand-in whose command line reads like `…/bin/unetflow COMMAND --root /x` (the pid in serve.pid).
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(BIN / "unetflow"), command,
+                                "--root", "/x"])
+    try:
+        assert is_supervisor(sleeper.pid) is expected
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not is_supervisor(sleeper.pid)

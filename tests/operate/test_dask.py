@@ -5,7 +5,6 @@ is the same code with `infer.dask_address: tcp://scheduler:8786`)."""
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 
@@ -21,8 +20,9 @@ def test_preprocess_and_batch_inference_on_a_two_worker_local_cluster(tmp_path: 
     from flows.infer import infer_flow
     from flows.ingest import ingest_flow
     from flows.preprocess import preprocess_flow
+    from tasks.common.plan import Plan, build_model
     from tasks.ingest.synthetic import SyntheticSpec, write_synthetic_dataset
-    from tasks.tracking.model_package import build_model, save_checkpoint
+    from tasks.tracking.model_package import save_checkpoint
 
     root = tmp_path / "project"
     root.mkdir()
@@ -44,9 +44,9 @@ def test_preprocess_and_batch_inference_on_a_two_worker_local_cluster(tmp_path: 
         ran = [str(t["key"]).rsplit("-", 1)[0] for t in stream.data]
         assert ran.count("preprocess_case") == 6 and ran.count("case_intensity_sample") >= 1, ran
 
-        plan = json.loads((root / "outputs" / "preprocessed" / "plan.json").read_text())
+        plan = Plan.read(root / "outputs" / "preprocessed" / "plan.json")
         torch.manual_seed(0)
-        save_checkpoint(root / "model.pt", {"model": build_model(plan).state_dict(), "plan": plan})
+        save_checkpoint(root / "model.pt", {"model": build_model(plan).state_dict(), "plan": plan.to_json()})
         with distributed.get_task_stream(client) as stream:
             result = infer_flow(root=str(root), model=str(root / "model.pt"), input="data/imagesTs",
                                 output="predictions",

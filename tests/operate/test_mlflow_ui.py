@@ -41,6 +41,7 @@ def post_json(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_make_mlflow_ui_serves_the_project_store(tmp_path: Path) -> None:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")

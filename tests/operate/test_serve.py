@@ -8,7 +8,6 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -70,9 +69,9 @@ def test_serve_deploy_run_both_deployments_and_stop(project: Path, tmp_path: Pat
     serve_log = tmp_path / "serve.out"
     started = time.monotonic()
     with serve_log.open("w") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "start", "--root", str(project),
-                                  "--port", str(port), "--no-ui"], cwd=project, env=env, stdout=out,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        serve = subprocess.Popen([str(BIN / "unetflow"), "serve", "--root", str(project), "--port", str(port),
+                                  "--no-ui"], cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
     stopped = False
     try:
         wait_ready(state, serve, serve_log, timeout=240)
@@ -104,8 +103,8 @@ def test_serve_deploy_run_both_deployments_and_stop(project: Path, tmp_path: Pat
         # Stop: `make serve-stop` runs this; the worker goes before the server.
         pids = {name: int((state / f"{name}.pid").read_text()) for name in ("worker", "server")}
         began = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "flows.serve", "stop", "--root", str(project)], cwd=project,
-                              env=env, capture_output=True, text=True, timeout=150)
+        done = subprocess.run([str(BIN / "unetflow"), "serve-stop", "--root", str(project)], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=150)
         took = time.monotonic() - began
         assert done.returncode == 0, done.stdout + done.stderr
         serve.wait(timeout=30)
@@ -118,8 +117,8 @@ def test_serve_deploy_run_both_deployments_and_stop(project: Path, tmp_path: Pat
         assert not port_open(port)
     finally:
         if not stopped:
-            subprocess.run([sys.executable, "-m", "flows.serve", "stop", "--root", str(project)], cwd=project,
-                           env=env, capture_output=True, timeout=150)
+            subprocess.run([str(BIN / "unetflow"), "serve-stop", "--root", str(project)], cwd=project, env=env,
+                           capture_output=True, timeout=150)
             stop_process_group(serve)
 
     # The schedule is still active and the deployment not paused (a worker never pauses them).

@@ -10,7 +10,7 @@ from tests.preprocess.conftest import TINY, make_params, preprocess, write_case,
 
 def weights(root, plan) -> dict[str, np.ndarray]:
     cases = root / "outputs" / "preprocessed" / "cases"
-    ids = plan["split"]["train"] + plan["split"]["val"] + plan["split"]["test"]
+    ids = plan.split.train + plan.split.val + plan.split.test
     return {case_id: np.load(cases / f"{case_id}.npz")["weight"] for case_id in ids}
 
 
@@ -55,7 +55,7 @@ def test_cache_recomputes_on_sigma_and_on_a_changed_label_only(tiny_project):
                             model={"features": [4, 8, 16]})
     plan, results = preprocess(root, unrelated)
     assert computed(results) == set()
-    assert plan["normalization"] == {"channels": [{"scheme": "none"}]}
+    assert [c.scheme for c in plan.normalization.channels] == ["none"]
     assert all(np.array_equal(w, changed[i]) for i, w in weights(root, plan).items())
 
 

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from monai_ext.losses import build_loss
 from monai_ext.transforms import RandUNetElasticd, unet_weight_map
+from tasks.common.plan import Plan
 from tasks.config import AugmentConfig, validate_params
 from tasks.training.data_loader import (
     case_records,
@@ -41,6 +42,15 @@ def balls(shape: tuple[int, ...], radius: int, pitch: int) -> np.ndarray:
     return labels
 
 
+def loader_plan(dims: int, patch: list[int]) -> Plan:
+    """A plan with what the loader reads (dims, patch, weight maps); the rest is filler."""
+    return Plan.model_validate({"spatial_dims": dims, "patch_size": patch, "weight_maps": True, "in_channels": 1,
+                                "num_classes": 2, "label_names": {"background": 0, "cell": 1},
+                                "normalization": {"channels": [{"scheme": "none"}]},
+                                "split": {"train": [], "val": [], "test": []},
+                                "network": {"name": "unet", "features": [4, 8]}})
+
+
 def marker_item(instances: np.ndarray) -> dict[str, np.ndarray]:
     """Image = the label as float, so a bilinear image and a nearest label must still agree."""
     binary = (instances > 0).astype(np.uint8)
@@ -52,7 +62,7 @@ def marker_item(instances: np.ndarray) -> dict[str, np.ndarray]:
                          [(2, (64, 64), [48, 48], 7, 16, 8.0), (3, (36, 36, 24), [24, 24, 16], 5, 12, 4.0)])
 def test_monai_elastic_from_params_keeps_image_label_weight_aligned(dims, shape, patch, radius, pitch, sigma):
     instances = balls(shape, radius, pitch)
-    plan = {"spatial_dims": dims, "patch_size": patch, "weight_maps": True}
+    plan = loader_plan(dims, patch)
     config = AugmentConfig(elastic="monai", elastic_prob=1.0, elastic_sigma=sigma, elastic_magnitude=(2.0, 3.0),
                            **STILL)
     transform = training_transforms(plan, config)
@@ -75,7 +85,7 @@ def test_monai_elastic_from_params_keeps_image_label_weight_aligned(dims, shape,
 
 
 def test_paper_elastic_and_disabled_augmentation_from_params():
-    plan = {"spatial_dims": 2, "patch_size": [32, 32], "weight_maps": True}
+    plan = loader_plan(2, [32, 32])
     paper = training_transforms(plan, AugmentConfig(elastic="paper", grid=3, sigma_px=10.0))
     elastic = [t for t in paper.transforms if isinstance(t, RandUNetElasticd)]
     assert len(elastic) == 1 and elastic[0].sigma_px == 10.0 and elastic[0].orders == [1, 0, 1]
@@ -83,7 +93,7 @@ def test_paper_elastic_and_disabled_augmentation_from_params():
     assert [type(t).__name__ for t in off.transforms] == ["LoadPreprocessedd", "SpatialPadd", "EnsureTyped",
                                                           "RandCropByPosNegLabeld", "EnsureTyped"]
     # rot90 only in a plane where the patch is square, so batches of anisotropic 3D patches still collate
-    anisotropic = training_transforms({"spatial_dims": 3, "patch_size": [16, 24, 24], "weight_maps": False})
+    anisotropic = training_transforms(loader_plan(3, [16, 24, 24]).model_copy(update={"weight_maps": False}))
     rot = [t for t in anisotropic.transforms if type(t).__name__ == "RandRotate90d"]
     assert rot and rot[0].spatial_axes == (1, 2)
 
@@ -97,7 +107,7 @@ def preprocessed(tiny_project):
 
 def test_loader_batches_carry_weight_maps_aligned_with_labels_and_feed_weighted_ce(preprocessed):
     root, params, plan = preprocessed
-    items = load_cases(root / params.preprocess.output_dir, plan["split"]["train"])
+    items = load_cases(root / params.preprocess.output_dir, plan.split.train)
     torch.manual_seed(0)
     loader = training_loader(items, plan, 2, params.train.augment)  # what the trainer calls
     assert isinstance(loader.dataset, CacheDataset)  # deterministic part cached (loader_cache: memory)
@@ -105,7 +115,7 @@ def test_loader_batches_carry_weight_maps_aligned_with_labels_and_feed_weighted_
     assert batches
     for batch in batches:
         label, weight = batch["label"].numpy(), batch["weight"].numpy()
-        assert weight.shape == label.shape == (2, 1, *plan["patch_size"])
+        assert weight.shape == label.shape == (2, 1, *plan.patch_size)
         for lab, wmap in zip(label, weight, strict=True):
             # balanced w_c + border term on background only: every foreground voxel carries the one
             # foreground class weight, and the touching-cell ridges (largest weights) lie on background
@@ -113,7 +123,7 @@ def test_loader_batches_carry_weight_maps_aligned_with_labels_and_feed_weighted_
                 assert np.ptp(wmap[lab == 1]) < 1e-5
                 assert wmap[lab == 0].max() > wmap[lab == 1].max() + 1.0
     batch = batches[0]
-    logits = torch.randn(2, plan["num_classes"], *plan["patch_size"], generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(2, plan.num_classes, *plan.patch_size, generator=torch.Generator().manual_seed(0))
     target = batch["label"].long()
     weighted = build_loss("wce")(logits, target, batch["weight"])
     plain = build_loss("ce")(logits, target, batch["weight"])
@@ -124,19 +134,19 @@ def test_loader_batches_carry_weight_maps_aligned_with_labels_and_feed_weighted_
 
 def test_uncached_loader_reads_npz_files_and_workers_run_the_random_part(preprocessed):
     root, params, plan = preprocessed
-    records = case_records(root / params.preprocess.output_dir, plan["split"]["train"])
+    records = case_records(root / params.preprocess.output_dir, plan.split.train)
     uncached = AugmentConfig(loader_cache="none", loader_workers=1)
     assert not isinstance(training_dataset(records, plan, uncached), CacheDataset)
     loader = training_loader(records, plan, 2, uncached)
     assert loader.num_workers == 1
     batch = next(iter(loader))
-    assert set(batch) >= {"image", "label", "weight"} and batch["image"].shape[2:] == tuple(plan["patch_size"])
+    assert set(batch) >= {"image", "label", "weight"} and batch["image"].shape[2:] == plan.patch_size
 
 
 def test_validation_transforms_are_deterministic(preprocessed):
     root, params, plan = preprocessed
-    record = case_records(root / params.preprocess.output_dir, plan["split"]["val"])[0]
-    arrays = load_cases(root / params.preprocess.output_dir, plan["split"]["val"])[0]
+    record = case_records(root / params.preprocess.output_dir, plan.split.val)[0]
+    arrays = load_cases(root / params.preprocess.output_dir, plan.split.val)[0]
     first, second = validation_transforms(plan)(record), validation_transforms(plan)(record)
     for key in ("image", "label", "weight"):
         np.testing.assert_array_equal(first[key].numpy(), arrays[key])

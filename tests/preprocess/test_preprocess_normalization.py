@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tasks.common.normalization import normalize
+from tasks.common.plan import Plan
 from tasks.preprocess.intensity_stats import foreground_intensities, intensity_statistics, normalization_from
 from tasks.preprocess.planning import Split, training_cases
 from tests.preprocess.conftest import preprocess
@@ -29,7 +30,7 @@ def test_ct_clips_to_foreground_percentiles_then_zscores_with_foreground_stats()
     # numpy's linear percentile of 0..39: 0.5 % → 0.195, 99.5 % → 38.805
     assert stats[0]["fg_p00_5"] == pytest.approx(0.195) and stats[0]["fg_p99_5"] == pytest.approx(38.805)
     norm = normalization_from(stats, "auto", "CT")
-    assert norm["channels"][0]["scheme"] == "ct"
+    assert norm.channels[0].scheme == "ct"
     out = normalize(image, norm)
     std = np.sqrt((40**2 - 1) / 12)
     assert out.shape == image.shape and out.dtype == np.float32
@@ -47,7 +48,7 @@ def test_statistics_and_schemes_are_per_channel():
     assert len(stats) == 2 and stats[0]["fg_mean"] == pytest.approx(19.5)
     assert stats[1]["fg_mean"] == pytest.approx(float(mr[label > 0].mean()), rel=1e-6)
     norm = normalization_from(stats, "auto", ["CT", "MR"])
-    assert [c["scheme"] for c in norm["channels"]] == ["ct", "zscore"]
+    assert [c.scheme for c in norm.channels] == ["ct", "zscore"]
     out = normalize(both, norm)
     np.testing.assert_allclose(out[..., 0], normalize(image, normalization_from(stats[:1], "ct", "")), atol=1e-6)
     assert out[..., 1].mean() == pytest.approx(0.0, abs=1e-5) and out[..., 1].std() == pytest.approx(1.0, abs=1e-4)
@@ -78,19 +79,26 @@ def test_foreground_sample_is_capped_and_reproducible():
     np.testing.assert_array_equal(a, foreground_intensities(image, label, max_samples=500, seed=7))
 
 
-def test_older_single_scheme_plans_still_normalise():
+def test_older_plans_still_load_and_normalise():
+    """plan.json of older models: a single-scheme normalisation and network options written flat."""
     image, _ = ct_case()
-    legacy = {"scheme": "ct", "clip": [0.0, 10.0], "mean": 5.0, "std": 2.0}
-    np.testing.assert_allclose(normalize(image, legacy), (np.clip(image, 0, 10) - 5) / 2)
+    legacy = {"spatial_dims": 3, "in_channels": 1, "num_classes": 2, "label_names": {"background": 0, "organ": 1},
+              "normalization": {"scheme": "ct", "clip": [0.0, 10.0], "mean": 5.0, "std": 2.0},
+              "patch_size": [8, 8, 8], "split": {"train": ["a"], "val": [], "test": []}, "weight_maps": False,
+              "network": {"name": "unet", "features": [4, 8], "norm": "batch", "cgm": True, "cgm_threshold": 0.3}}
+    plan = Plan.model_validate(legacy)
+    np.testing.assert_allclose(normalize(image, plan.normalization), (np.clip(image, 0, 10) - 5) / 2)
+    assert plan.network.options == {"cgm": True, "cgm_gate_threshold": 0.3}
+    assert Plan.model_validate(plan.to_json()) == plan  # the JSON form reads back to the same plan
 
 
 def test_statistics_come_from_training_cases_only(tiny_project):
     root, params = tiny_project(preprocess={"normalization": "ct"})
     plan, _ = preprocess(root, params)
-    train = plan["split"]["train"]
-    assert plan["intensity_statistics"]["cases"] == train and set(train).isdisjoint(plan["split"]["test"])
+    train = plan.split.train
+    assert plan.intensity_statistics.cases == train and set(train).isdisjoint(plan.split.test)
     manifest = {"cases": [{"case_id": c} for c in ["a", "b", "c"]]}
-    assert training_cases(manifest, Split(train=["a", "c"], val=["b"], test=[])) == [{"case_id": "a"},
+    assert training_cases(manifest, Split(train=("a", "c"), val=("b",), test=())) == [{"case_id": "a"},
                                                                                         {"case_id": "c"}]
-    channel = plan["normalization"]["channels"][0]
-    assert channel["scheme"] == "ct" and channel["clip"][0] < channel["clip"][1]
+    channel = plan.normalization.channels[0]
+    assert channel.scheme == "ct" and channel.clip[0] < channel.clip[1]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,8 +37,25 @@ def prepare_project(root: Path, settings: dict | None = None) -> Params:
     return params
 
 
-@pytest.fixture
-def trained_project(tmp_path: Path, prefect_harness) -> tuple[Path, Params]:
-    root = tmp_path / "project"
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def preprocessed_project(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> Iterator[tuple[Path, Params]]:
+    """Ingested and preprocessed, not trained; built once per module and never written to by a test."""
+    root = tmp_path_factory.mktemp("preprocessed") / "project"
     root.mkdir()
-    return root, prepare_project(root)
+    params = prepare_project(root)
+    before = _files(root)
+    yield root, params
+    assert _files(root) == before, "a test wrote into the shared preprocessed_project: give it preprocessed_copy"
+
+
+@pytest.fixture
+def preprocessed_copy(preprocessed_project: tuple[Path, Params], tmp_path: Path) -> tuple[Path, Params]:
+    """This test's own copy of ``preprocessed_project``: training, resuming and tracking write into it."""
+    template, _ = preprocessed_project
+    root = tmp_path / "project"
+    shutil.copytree(template, root)
+    return root, load_params(root / "params.yaml")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,14 +21,14 @@ from mlflow import MlflowClient
 from tasks.config import Params
 from tasks.evaluation.compare import compare_variants
 from tasks.tracking.model_package import load_checkpoint, load_model
-from tasks.tracking.registry import decide_promotion, promote_if_better
+from tasks.tracking.registry import decide_promotion, promote_if_better, read_champion
 from tasks.tracking.store import TrackingError, configure_tracking
 from tasks.training.trainer import train_model
 
 
-def test_two_epochs_tracked_and_registered(trained_project):
-    root, params = trained_project
-    result = train_model(params, root)
+def test_two_epochs_tracked_and_registered(preprocessed_copy):
+    root, params = preprocessed_copy
+    result = train_model(params, root, params_file=root / "params.yaml")
     client = MlflowClient()
     run = client.get_run(result.run_id)
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.name"] == "unet"
@@ -40,10 +43,22 @@ def test_two_epochs_tracked_and_registered(trained_project):
     model, plan = load_model(f"models:/{params.tracking.model_name}@candidate")
     with torch.no_grad():
         assert model(torch.randn(1, 1, 37, 53)).shape == (1, 2, 37, 53)  # not the logged size
-    assert plan["patch_size"] == [48, 48]
+    assert plan.patch_size == (48, 48)
     # The checkpoint holds what resuming needs and loads with weights_only=True.
     state = load_checkpoint(root / params.train.output_dir / "checkpoint.pt")
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "run_id", "epoch"} <= set(state)
+
+
+def test_the_params_file_read_is_the_one_kept_as_the_runs_params_yaml(preprocessed_copy):
+    """``--params other.yaml``: the run keeps other.yaml's text, not the project's params.yaml."""
+    from flows.train import train_flow
+
+    root, _ = preprocessed_copy
+    text = (root / "params.yaml").read_text().replace("epochs: 2", "epochs: 1") + "# read with --params\n"
+    (root / "other.yaml").write_text(text)
+    result = train_flow(root=str(root), params_file="other.yaml")
+    assert mlflow.artifacts.load_text(f"runs:/{result['run_id']}/params.yaml") == text
+    assert MlflowClient().get_run(result["run_id"]).data.params["train.epochs"] == "1"
 
 
 SCRIPT = """
@@ -62,8 +77,8 @@ t.train_model(params, root, resume=len(sys.argv) > 2)
 """
 
 
-def test_sigkill_mid_epoch_then_resume_continues_the_same_run(trained_project, tmp_path):
-    root, params = trained_project
+def test_sigkill_mid_epoch_then_resume_continues_the_same_run(preprocessed_copy, tmp_path):
+    root, params = preprocessed_copy
     params_file = root / "params.yaml"
     params_file.write_text(params_file.read_text().replace("epochs: 2", "epochs: 5"))
     script = tmp_path / "train_slowly.py"
@@ -116,9 +131,69 @@ def test_promotion_is_refused_for_a_worse_model(tmp_path):
     assert decide_promotion(0.5, 0.5)[0] is False  # a tie keeps the champion
 
 
+def _registry_with_champion(tmp_path: Path) -> tuple[MlflowClient, list, Path]:
+    """A real SQLite store: model ``seg``, version 1 (test Dice 0.9) the champion, version 2 (0.8) not."""
+    store = tmp_path / "store.db"
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    mlflow.set_experiment("promotion")
+    client = MlflowClient()
+    client.create_registered_model("seg")
+    versions = []
+    for dice in (0.9, 0.8):
+        with mlflow.start_run() as run:
+            mlflow.log_metric("test_dice", dice)
+        versions.append(client.create_model_version("seg", f"runs:/{run.info.run_id}/m", run.info.run_id))
+    client.set_registered_model_alias("seg", "champion", versions[0].version)
+    return client, versions, store
+
+
+def test_no_champion_alias_or_no_registered_model_means_no_champion_yet(tmp_path):
+    client, versions, _ = _registry_with_champion(tmp_path)
+    client.delete_registered_model_alias("seg", "champion")
+    decision = promote_if_better("seg", versions[1].version, versions[1].run_id, 0.8)
+    assert decision.promoted and decision.reason == "no champion yet" and decision.previous_champion is None
+    assert client.get_model_version_by_alias("seg", "champion").version == versions[1].version
+    assert read_champion(client, "never-registered") == (None, None)
+
+
+def _sql(store: Path, statement: str) -> list[tuple]:
+    """Straight to the SQLite file, behind MLflow's back (as a damaged or half-restored store would be)."""
+    with contextlib.closing(sqlite3.connect(store)) as db, db:
+        return db.execute(statement).fetchall()
+
+
+CHAMPION_ROW = "SELECT version FROM registered_model_aliases WHERE name = 'seg' AND alias = 'champion'"
+
+
+@pytest.mark.parametrize("damage", [
+    "DELETE FROM model_versions WHERE name = 'seg' AND version = 1",
+    "UPDATE registered_model_aliases SET version = 'x' WHERE alias = 'champion'",
+], ids=["champion-version-row-lost", "alias-row-garbled"])
+def test_a_champion_that_cannot_be_read_is_an_error_not_no_champion(tmp_path, damage):
+    """A damaged store must not promote a worse candidate. MLflow reports these two as "not found" and
+    "invalid parameter", so even a check on the error code alone would read them as "no champion yet"."""
+    client, versions, store = _registry_with_champion(tmp_path)
+    _sql(store, damage)
+    alias_before = _sql(store, CHAMPION_ROW)
+    with pytest.raises(TrackingError, match="cannot read the 'champion' of registered model 'seg'"):
+        promote_if_better("seg", versions[1].version, versions[1].run_id, 0.8)
+    assert _sql(store, CHAMPION_ROW) == alias_before  # champion not moved to the worse model
+    assert "unetflow.promoted" not in client.get_run(versions[1].run_id).data.tags
+
+
+def test_an_unreachable_store_is_an_error_not_no_champion(monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")
+    with pytest.raises(TrackingError, match=f"cannot read the 'champion' .* http://127.0.0.1:{port}"):
+        promote_if_better("seg", "2", "0" * 32, 0.8)
+
+
 @pytest.mark.parametrize("field", ["uri", "artifact_root"])
-def test_misconfigured_tracking_fails_before_training(trained_project, field):
-    root, params = trained_project
+def test_misconfigured_tracking_fails_before_training(preprocessed_copy, field):
+    root, params = preprocessed_copy
     blocker = root / "a_file"
     blocker.write_text("")
     value = f"sqlite:///{blocker}/store.db" if field == "uri" else str(blocker / "artifacts")
@@ -130,16 +205,18 @@ def test_misconfigured_tracking_fails_before_training(trained_project, field):
     assert not (root / "outputs" / "model" / "checkpoint.pt").exists()
 
 
-def test_compare_two_variants_nested_runs_and_table(trained_project):
-    root, params = trained_project
+def test_compare_two_variants_nested_runs_and_table(preprocessed_copy):
+    root, params = preprocessed_copy
     one_epoch = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 1})})
-    rows = compare_variants(Params.model_validate(one_epoch.model_dump()), root, ["unet", "res_unet"])
+    rows = compare_variants(Params.model_validate(one_epoch.model_dump()), root, ["unet", "res_unet"],
+                            params_file=root / "params.yaml")
     assert [r["variant"] for r in rows] == ["unet", "res_unet"]
     assert rows[0]["parameters"] != rows[1]["parameters"]
     assert all(np.isfinite(r["test_dice"]) and r["seconds_per_epoch"] > 0 for r in rows)
     client = MlflowClient()
     children = [client.get_run(r["run_id"]) for r in rows]
     parents = {c.data.tags["mlflow.parentRunId"] for c in children}
+    assert all("params.yaml" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in children)
     assert len(parents) == 1
     parent = client.get_run(parents.pop())
     assert parent.data.params["variants"] == "unet,res_unet"
@@ -147,9 +224,10 @@ def test_compare_two_variants_nested_runs_and_table(trained_project):
     assert "res_unet" in (root / "outputs" / "compare" / "comparison.md").read_text()
 
 
-def test_ddp_with_gloo_on_two_cpu_processes(trained_project):
+@pytest.mark.slow
+def test_ddp_with_gloo_on_two_cpu_processes(preprocessed_copy):
     """torchrun, 2 processes, gloo: one MLflow run (rank 0 only), every case trained on by some rank."""
-    root, params = trained_project
+    root, params = preprocessed_copy
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                     "-m", "tasks.training.ddp_worker", "--root", str(root), "--params", "params.yaml"],

@@ -1,0 +1,120 @@
+"""Encoder, decoder and heads: the segmentation_models_pytorch split, built from :mod:`.blocks`.
+
+An architecture is an encoder (levels of a block factory, pooled between levels), a decoder (upsample,
+concatenate the skip, a block) and a head (1×1 convolution to classes, plus the optional CGM classifier).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.networks.layers.factories import Conv, Dropout, Pool
+from torch import nn
+
+from .blocks import BlockFactory, center_crop
+
+
+class Encoder(nn.Module):
+    """Plain U-Net encoder: level 0 = block(in, f0); level i = max-pool 2 -> block(f_{i-1}, f_i).
+
+    Returns the feature map of every level (shallow -> deep); the last one is the bottleneck.
+    """
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, features: Sequence[int], block: BlockFactory
+    ) -> None:
+        super().__init__()
+        self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2)
+        chans = [in_channels, *features]
+        self.levels = nn.ModuleList(block(chans[i], chans[i + 1]) for i in range(len(features)))
+        self.out_channels = tuple(features)
+
+    def forward(self, x: torch.Tensor, num_levels: int | None = None) -> list[torch.Tensor]:
+        """Run the first ``num_levels`` levels (all by default; fewer for pruned UNet++ inference)."""
+        feats: list[torch.Tensor] = []
+        for i, level in enumerate(self.levels):
+            if num_levels is not None and i >= num_levels:
+                break
+            x = level(x if i == 0 else self.pool(x))
+            feats.append(x)
+        return feats
+
+
+class DecoderStage(nn.Module):
+    """Upsample the deeper map, fit it to the skip (crop the skip in valid mode), concatenate, convolve."""
+
+    def __init__(self, up: nn.Module, block: nn.Module, crop_skip: bool = False) -> None:
+        super().__init__()
+        self.up = up
+        self.block = block
+        self.crop_skip = crop_skip
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = self.up(x)
+        if skip is not None:
+            if self.crop_skip:
+                skip = center_crop(skip, x.shape[2:])
+            x = torch.cat([skip, x], dim=1)
+        return self.block(x)
+
+
+class Decoder(nn.Module):
+    """U-Net decoder: one :class:`DecoderStage` per level, deep -> shallow.
+
+    ``skip_channels[i]`` is the channel count of the skip at decoder stage i (0 = no skip, used by encoders
+    like EfficientNet without a full-resolution feature map). Returns the output of every stage, deep ->
+    shallow, so deep-supervision heads can tap them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: Sequence[int],
+        out_channels: Sequence[int],
+        up: Callable[[int, int], nn.Module],
+        block: BlockFactory,
+        crop_skip: bool = False,
+    ) -> None:
+        super().__init__()
+        stages = []
+        cin = in_channels
+        for skip, cout in zip(skip_channels, out_channels, strict=True):
+            stages.append(DecoderStage(up(cin, cout), block(skip + cout, cout), crop_skip))
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        outs: list[torch.Tensor] = []
+        for stage, skip in zip(self.stages, skips, strict=True):
+            x = stage(x, skip)
+            outs.append(x)
+        return outs
+
+
+class SegHead(nn.Sequential):
+    """Logit head: a single conv to ``out_channels`` (1x1 by default; UNet 3+ uses 3x3)."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 1) -> None:
+        super().__init__()
+        self.add_module(
+            "conv",
+            Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+        )
+
+
+class CGMHead(nn.Module):
+    """Classification-guided module (UNet 3+): dropout -> 1x1 conv to 2 -> global max pool -> [B, 2] logits.
+
+    Unlike the reference code, no sigmoid/argmax here: returning logits keeps the classifier trainable
+    with ``BCEWithLogitsLoss``; thresholding for gating happens in the network, in eval only.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](dropout)
+        self.conv = Conv[Conv.CONV, spatial_dims](in_channels, 2, 1)
+        self.pool = Pool[Pool.ADAPTIVEMAX, spatial_dims](1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.conv(self.dropout(x))), 1)
