@@ -50,14 +50,16 @@ def check_series(slices: list[SliceHeader], name: Callable[[Path], str], spacing
 def _check_single_frame_grey(slices: list[SliceHeader], name: Callable[[Path], str]) -> None:
     """Single-frame greyscale files, each slice once."""
     if any(s.frames > 1 for s in slices):
-        raise CaseRejected(f"{name(slices[0].path)}: multi-frame (enhanced) DICOM is not supported")
+        raise CaseRejected(f"{name(slices[0].path)}: multi-frame (enhanced) DICOM is not supported",
+                           code="dicom_unsupported")
     if any(s.samples != 1 for s in slices):
-        raise CaseRejected(f"{name(slices[0].path)}: colour DICOM (SamplesPerPixel {slices[0].samples})")
+        raise CaseRejected(f"{name(slices[0].path)}: colour DICOM (SamplesPerPixel {slices[0].samples})",
+                           code="dicom_unsupported")
     seen: dict[str, Path] = {}
     for s in slices:
         if s.sop_instance in seen:
             raise CaseRejected(f"{name(s.path)}: same SOPInstanceUID as {name(seen[s.sop_instance])} "
-                               f"(duplicate copy of one slice)")
+                               f"(duplicate copy of one slice)", code="dicom_series")
         seen[s.sop_instance] = s.path
 
 
@@ -67,14 +69,14 @@ def _check_one_series(slices: list[SliceHeader], name: Callable[[Path], str]) ->
         values = {getattr(s, attribute) for s in slices}
         if len(values) > 1:
             raise CaseRejected(f"{name(slices[0].path)}: two series mixed in one volume "
-                               f"({len(values)} {what} under one SeriesInstanceUID)")
+                               f"({len(values)} {what} under one SeriesInstanceUID)", code="dicom_series")
     for attribute, what in (("rows", "Rows"), ("columns", "Columns"), ("orientation", "ImageOrientationPatient"),
                             ("pixel_spacing", "PixelSpacing")):
         values = {getattr(s, attribute) for s in slices}
         if len(values) > 1:
             odd = next(s for s in slices if getattr(s, attribute) != getattr(slices[0], attribute))
             raise CaseRejected(f"{name(odd.path)}: two series mixed in one volume ({what} "
-                               f"{getattr(odd, attribute)} vs {getattr(slices[0], attribute)})")
+                               f"{getattr(odd, attribute)} vs {getattr(slices[0], attribute)})", code="dicom_series")
 
 
 def _check_positions_and_size(slices: list[SliceHeader], name: Callable[[Path], str], max_voxels: int) -> None:
@@ -82,19 +84,20 @@ def _check_positions_and_size(slices: list[SliceHeader], name: Callable[[Path], 
     first = slices[0]
     if first.position is None or first.orientation is None or len(first.orientation) != 6:
         missing = next(s for s in slices if s.position is None or s.orientation is None)
-        raise CaseRejected(f"{name(missing.path)}: no ImagePositionPatient/ImageOrientationPatient")
+        raise CaseRejected(f"{name(missing.path)}: no ImagePositionPatient/ImageOrientationPatient",
+                           code="dicom_series")
     if any(s.position is None for s in slices):
         missing = next(s for s in slices if s.position is None)
-        raise CaseRejected(f"{name(missing.path)}: no ImagePositionPatient")
+        raise CaseRejected(f"{name(missing.path)}: no ImagePositionPatient", code="dicom_series")
     voxels = first.rows * first.columns * len(slices)
     if first.rows <= 0 or first.columns <= 0 or voxels > max_voxels:
         raise CaseRejected(f"{name(first.path)}: header claims {first.rows}x{first.columns}x{len(slices)} voxels "
-                           f"(limit {max_voxels})")
+                           f"(limit {max_voxels})", code="too_large")
     needed = first.rows * first.columns * (first.bits // 8)
     for s in slices:
         if s.pixel_bytes_available is not None and s.pixel_bytes_available < needed + 8:
             raise CaseRejected(f"{name(s.path)}: truncated file ({max(s.pixel_bytes_available - 8, 0)} bytes of "
-                               f"pixel data, {needed} needed)")
+                               f"pixel data, {needed} needed)", code="truncated")
 
 
 def _slice_normal(first: SliceHeader, name: Callable[[Path], str]) -> np.ndarray:
@@ -102,7 +105,8 @@ def _slice_normal(first: SliceHeader, name: Callable[[Path], str]) -> np.ndarray
     assert first.orientation is not None
     normal = np.cross(np.asarray(first.orientation[:3]), np.asarray(first.orientation[3:]))
     if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
-        raise CaseRejected(f"{name(first.path)}: ImageOrientationPatient is not two orthonormal directions")
+        raise CaseRejected(f"{name(first.path)}: ImageOrientationPatient is not two orthonormal directions",
+                           code="dicom_series")
     return normal
 
 
@@ -120,7 +124,7 @@ def _slice_step(ordered: list[SliceHeader], normal: np.ndarray, name: Callable[[
     lateral = (positions - positions[0]) - np.outer(heights - heights[0], normal)
     if np.abs(lateral).max() > slack:
         raise CaseRejected(f"{name(ordered[-1].path)}: slices are not stacked along their normal "
-                           f"(shear/gantry tilt of {np.abs(lateral).max():.3g} mm)")
+                           f"(shear/gantry tilt of {np.abs(lateral).max():.3g} mm)", code="dicom_series")
     return step
 
 
@@ -134,18 +138,18 @@ def _check_gaps(ordered: list[SliceHeader], heights: np.ndarray, step: float, sl
             if a.acquisition != b.acquisition:
                 raise CaseRejected(f"{name(b.path)}: two acquisitions (AcquisitionNumber {a.acquisition} and "
                                    f"{b.acquisition}) mixed in one series: slices at the same position "
-                                   f"{heights[i]:.3f} mm")
+                                   f"{heights[i]:.3f} mm", code="dicom_series")
             raise CaseRejected(f"{name(b.path)}: duplicate slice position {heights[i]:.3f} mm "
-                               f"(also {name(a.path)})")
+                               f"(also {name(a.path)})", code="dicom_series")
     for i, gap in enumerate(gaps):
         if abs(gap - step) > slack:
             ratio = gap / step
             b = ordered[i + 1]
             if abs(ratio - round(ratio)) * step <= slack and round(ratio) >= 2:
                 raise CaseRejected(f"{name(b.path)}: {round(ratio) - 1} slice(s) missing before this one "
-                                   f"(gap {gap:.4g} mm, spacing {step:.4g} mm)")
+                                   f"(gap {gap:.4g} mm, spacing {step:.4g} mm)", code="dicom_series")
             raise CaseRejected(f"{name(b.path)}: unevenly spaced slices (gap {gap:.4g} mm, "
-                               f"typical {step:.4g} mm, tolerance {spacing_tolerance:.0%})")
+                               f"typical {step:.4g} mm, tolerance {spacing_tolerance:.0%})", code="dicom_series")
 
 
 def _checked_series(ordered: list[SliceHeader], normal: np.ndarray, step: float) -> CheckedSeries:
@@ -173,16 +177,17 @@ def read_volume(series: CheckedSeries, name: Callable[[Path], str], tolerance: f
     try:
         image = reader.Execute()
     except RuntimeError:
-        raise CaseRejected(_culprit(series, name)) from None
+        raise CaseRejected(_culprit(series, name), code="unreadable") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise CaseRejected(f"{name(series.files[0])}: {image.GetNumberOfComponentsPerPixel()} components per pixel")
+        raise CaseRejected(f"{name(series.files[0])}: {image.GetNumberOfComponentsPerPixel()} components per pixel",
+                           code="dicom_unsupported")
     itk_affine = affine_from_sitk(image)
     if len(series.files) == 1:  # one slice: ITK's z-spacing is its own choice; keep the in-plane check
         itk_affine[:3, 2] = series.affine[:3, 2]
     diff = difference(series.affine, itk_affine, tolerance * 10)
     if diff or tuple(image.GetSize()) != series.shape:
         raise CaseRejected(f"{name(series.files[0])}: SimpleITK's volume {tuple(image.GetSize())} disagrees with "
-                           f"the slice headers {series.shape} ({diff or 'size'})")
+                           f"the slice headers {series.shape} ({diff or 'size'})", code="geometry")
     # ITK's z,y,x C-order buffer *is* NIfTI's x,y,z Fortran order: the transpose is a free view, and
     # nibabel writes it without reordering a byte (a C-contiguous copy cost more than the read). The
     # view into ITK's buffer lives only as long as ``image``: what is returned must own its memory.
@@ -208,15 +213,15 @@ def read_seg(path: Path, series: CheckedSeries, name: Callable[[Path], str]) -> 
     try:
         seg = highdicom.seg.segread(str(path))
     except Exception as error:  # highdicom raises many types on a malformed SEG
-        raise CaseRejected(f"{name(path)}: unreadable DICOM SEG ({type(error).__name__})") from None
+        raise CaseRejected(f"{name(path)}: unreadable DICOM SEG ({type(error).__name__})", code="seg") from None
     if str(getattr(seg, "FrameOfReferenceUID", series.frame_of_reference)) != series.frame_of_reference:
-        raise CaseRejected(f"{name(path)}: SEG frame of reference differs from its source series")
+        raise CaseRejected(f"{name(path)}: SEG frame of reference differs from its source series", code="seg")
     if (int(seg.Rows), int(seg.Columns)) != (series.shape[1], series.shape[0]):
         raise CaseRejected(f"{name(path)}: SEG frames are {seg.Rows}x{seg.Columns}, the series' "
-                           f"{series.shape[1]}x{series.shape[0]}")
+                           f"{series.shape[1]}x{series.shape[0]}", code="seg")
     try:
         pixels = seg.get_pixels_by_source_instance(list(series.sop_instances), combine_segments=True,
                                                    assert_missing_frames_are_empty=True, dtype=np.uint16)
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CaseRejected(f"{name(path)}: SEG cannot be mapped onto its source series ({error})") from None
+        raise CaseRejected(f"{name(path)}: SEG cannot be mapped onto its source series ({error})", code="seg") from None
     return np.ascontiguousarray(np.asarray(pixels).transpose(2, 1, 0))

@@ -68,10 +68,12 @@ def check_same_grid(shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tup
                     affine_b: np.ndarray, tolerance: float, what: str, name: str) -> None:
     """Refuse two volumes that are not on the same voxel grid (shape, spacing, origin, direction)."""
     if tuple(shape_a[:3]) != tuple(shape_b[:3]):
-        raise CaseRejected(f"{name}: {what} shape {tuple(shape_b[:3])} != image shape {tuple(shape_a[:3])}")
+        raise CaseRejected(f"{name}: {what} shape {tuple(shape_b[:3])} != image shape {tuple(shape_a[:3])}",
+                           code="geometry")
     diff = difference(affine_a, affine_b, tolerance)
     if diff:
-        raise CaseRejected(f"{name}: {what} geometry differs from the image's beyond {tolerance}: {diff}")
+        raise CaseRejected(f"{name}: {what} geometry differs from the image's beyond {tolerance}: {diff}",
+                           code="geometry")
 
 
 def nifti_affine(image: nib.Nifti1Image, name: str, tolerance: float) -> np.ndarray:
@@ -82,7 +84,7 @@ def nifti_affine(image: nib.Nifti1Image, name: str, tolerance: float) -> np.ndar
         diff = difference(header.get_qform(), header.get_sform(), tolerance)
         if diff:
             raise CaseRejected(f"{name}: qform (code {qcode}) and sform (code {scode}) disagree ({diff}); "
-                               f"readers pick different ones, so the geometry is ambiguous")
+                               f"readers pick different ones, so the geometry is ambiguous", code="geometry")
     return image.affine
 
 
@@ -93,17 +95,18 @@ def check_readers_agree(path: Path, image: nib.Nifti1Image, name: str, tolerance
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise CaseRejected(f"{name}: SimpleITK cannot read the header ({_first_line(error)})") from None
+        raise CaseRejected(f"{name}: SimpleITK cannot read the header ({_first_line(error)})",
+                           code="unreadable") from None
     dims = len(image.shape)
     itk_size = tuple(reader.GetSize())
     if itk_size[: min(dims, 3)] != tuple(image.shape[: min(dims, 3)]):
-        raise CaseRejected(f"{name}: nibabel reads shape {image.shape}, SimpleITK {itk_size}")
+        raise CaseRejected(f"{name}: nibabel reads shape {image.shape}, SimpleITK {itk_size}", code="geometry")
     diff = difference(image.affine, affine_from_sitk(reader), tolerance)
     if diff:
         header = image.header
         raise CaseRejected(
             f"{name}: nibabel and SimpleITK read different geometry ({diff}; qform_code "
-            f"{int(header['qform_code'])}, sform_code {int(header['sform_code'])}); refusing to guess")
+            f"{int(header['qform_code'])}, sform_code {int(header['sform_code'])}); refusing to guess", code="geometry")
 
 
 def _first_line(error: Exception) -> str:

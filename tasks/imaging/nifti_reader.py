@@ -63,7 +63,8 @@ def read_nifti(path: Path, name: str, *, role: Role = "image", max_voxels: int,
     try:
         data = np.asanyarray(image.dataobj)
     except Exception as error:  # zlib/EOF errors: a truncated or corrupt .nii.gz
-        raise CaseRejected(f"{name}: {role} data is truncated or corrupt ({describe_error(error)})") from None
+        raise CaseRejected(f"{name}: {role} data is truncated or corrupt ({describe_error(error)})",
+                           code="truncated") from None
     if data.ndim == 2:
         data = data[:, :, None]
     elif data.ndim == 5:  # X×Y×Z×1×C, NIfTI's vector intent (check_header let it through)
@@ -78,9 +79,9 @@ def open_header(path: Path, name: str, role: Role = "image") -> nib.Nifti1Image:
     try:
         image = nib.load(str(path))
     except Exception as error:  # nibabel raises many types for broken headers
-        raise CaseRejected(f"{name}: unreadable {role} ({describe_error(error)})") from None
+        raise CaseRejected(f"{name}: unreadable {role} ({describe_error(error)})", code="unreadable") from None
     if not isinstance(image, nib.Nifti1Image):
-        raise CaseRejected(f"{name}: {role} is not a NIfTI-1 file ({type(image).__name__})")
+        raise CaseRejected(f"{name}: {role} is not a NIfTI-1 file ({type(image).__name__})", code="unreadable")
     return image
 
 
@@ -89,19 +90,20 @@ def check_header(image: nib.Nifti1Image, path: Path, name: str, role: Role, max_
     """Refuse what the header alone shows cannot be read safely: size, dimensions, voxel type, file length."""
     shape = tuple(int(s) for s in image.shape)
     if any(s <= 0 for s in shape) or int(np.prod(shape, dtype=np.int64)) > max_voxels:
-        raise CaseRejected(f"{name}: header claims {role} shape {shape}, refused (limit {max_voxels} voxels)")
+        raise CaseRejected(f"{name}: header claims {role} shape {shape}, refused (limit {max_voxels} voxels)",
+                           code="too_large")
     vector = vector_channels and len(shape) == 5 and shape[3] == 1
     if not vector and (len(shape) not in (2, 3, 4) or (role == "label" and len(shape) == 4 and shape[3] != 1)):
         accepted = ["2D", "3D", *(["4D (channels last)"] if role == "image" else []),
                     *(["X×Y×Z×1×C (vector)"] if vector_channels else [])]
         raise CaseRejected(f"{name}: {role} has {len(shape)} dimensions {shape}; expected "
-                           f"{', '.join(accepted[:-1])} or {accepted[-1]}")
+                           f"{', '.join(accepted[:-1])} or {accepted[-1]}", code="dimensions")
     dtype = image.get_data_dtype()
     if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-        raise CaseRejected(f"{name}: {role} voxels are not real numbers ({dtype})")
+        raise CaseRejected(f"{name}: {role} voxels are not real numbers ({dtype})", code="voxel_type")
     if path.name.endswith(".nii"):
         offset = int(getattr(image.dataobj, "offset", 352))
         needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         size = path.stat().st_size
         if size < needed:
-            raise CaseRejected(f"{name}: truncated {role} file ({size} bytes, header needs {needed})")
+            raise CaseRejected(f"{name}: truncated {role} file ({size} bytes, header needs {needed})", code="truncated")

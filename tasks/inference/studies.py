@@ -55,7 +55,7 @@ def load_study(case: InferCase, name: Callable[[Path], str], tolerance: float = 
             first = volume.image
         else:
             if volume.data.ndim != 3:
-                raise CaseRejected(f"{name(path)}: channel files must be 3D, got {volume.data.shape}")
+                raise CaseRejected(f"{name(path)}: channel files must be 3D, got {volume.data.shape}", code="channels")
             check_same_grid(channels[0].shape, first.affine, volume.data.shape, volume.affine, tolerance,
                             f"channel {index}", name(path))
         channels.append(volume.data)

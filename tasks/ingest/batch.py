@@ -38,7 +38,7 @@ def plan_ingest(raw: Path, output_dir: Path, data: DataConfig) -> IngestPlan:
     """Discover the cases, clear leftovers of a killed run, and recall what the last run made of each."""
     _remove_temporaries(output_dir)
     found = discover(raw, data)
-    problems = [CaseResult(case_id, False, reason) for case_id, reason in found.problems]
+    problems = [CaseResult(p.case_id, False, p.reason, code=p.code) for p in found.problems]
     index = read_index(output_dir)
     modality = data.modality if data.modality != "auto" else (found.modality or "unknown")
     return IngestPlan(found.kind, found.sources, problems, [index.get(s.case_id) for s in found.sources],
@@ -57,9 +57,10 @@ def finish_ingest(output_dir: Path, plan: IngestPlan, case_results: Iterable[Cas
             if result.record["channels"] != usual:
                 result.accepted = False
                 result.fingerprint = ""  # depends on the other cases: not remembered in the index
+                result.code = "channels"
                 result.reason = (f"{result.record['source'].get('image', result.case_id)}: image has "
                                  f"{result.record['channels']} channel(s), the rest of the dataset {usual}")
-    index = {r.case_id: {"fingerprint": r.fingerprint, "accepted": r.accepted, "reason": r.reason,
+    index = {r.case_id: {"fingerprint": r.fingerprint, "accepted": r.accepted, "reason": r.reason, "code": r.code,
                          "warnings": r.warnings, "record": r.record if r.accepted else None}
              for r in results if r.fingerprint}
     cases = [{**r.record, "warnings": r.warnings} for r in results if r.accepted]
@@ -74,7 +75,7 @@ def finish_ingest(output_dir: Path, plan: IngestPlan, case_results: Iterable[Cas
     }
     _write_json_if_changed(output_dir / "dataset.json", manifest)
     _write_json_if_changed(output_dir / "rejected.json", {
-        "rejected": [{"case_id": r.case_id, "reason": r.reason} for r in results if not r.accepted],
+        "rejected": [{"case_id": r.case_id, "code": r.code, "reason": r.reason} for r in results if not r.accepted],
         "warnings": [{"case_id": r.case_id, "warning": w} for r in results if r.accepted for w in r.warnings]})
     _write_json_if_changed(output_dir / INDEX_FILE, {"version": INGEST_VERSION, "settings": settings.key(),
                                                      "cases": index})

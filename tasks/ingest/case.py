@@ -35,6 +35,7 @@ class CaseResult:
     written: bool = False
     unchanged: bool = False
     fingerprint: str = ""
+    code: str = ""  # why it was rejected, machine-readable (tasks.common.errors.REASON_CODES)
 
     def __post_init__(self) -> None:
         # Reasons quote file names; escaping here means no hostile name can forge a log line later.
@@ -69,7 +70,8 @@ def read_image(source: CaseSource, settings: IngestSettings) -> tuple[np.ndarray
             check_same_grid(channels[0][0].shape, channels[0][1], data.shape, affine, settings.tolerance,
                             f"channel {index}", source.name(path))
             if data.ndim != 3:
-                raise CaseRejected(f"{source.name(path)}: channel file is {data.ndim}D; channel files must be 3D")
+                raise CaseRejected(f"{source.name(path)}: channel file is {data.ndim}D; channel files must be 3D",
+                                   code="channels")
         channels.append((data, affine))
     if len(channels) == 1:
         data, affine = channels[0]
@@ -92,15 +94,16 @@ def read_label(source: CaseSource, series: Any, image_shape: tuple[int, ...], im
     check_same_grid(image_shape, image_affine, data.shape, affine, settings.tolerance, "label", name)
     if np.issubdtype(data.dtype, np.floating):
         if not np.isfinite(data).all():
-            raise CaseRejected(f"{name}: label holds NaN or infinite values")
+            raise CaseRejected(f"{name}: label holds NaN or infinite values", code="label_values")
         if not np.all(np.equal(np.mod(data, 1), 0)):
-            raise CaseRejected(f"{name}: label values are not integers")
+            raise CaseRejected(f"{name}: label values are not integers", code="label_values")
     elif not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
-        raise CaseRejected(f"{name}: label voxels are not numbers ({data.dtype})")
+        raise CaseRejected(f"{name}: label voxels are not numbers ({data.dtype})", code="label_values")
     if not np.issubdtype(data.dtype, np.integer):  # floats holding integers, or bool; integer labels stay as they are
         data = data.astype(np.int64)
     if data.size and data.min() < 0:
-        raise CaseRejected(f"{name}: negative label values {sorted(set(np.unique(data[data < 0]).tolist()))[:5]}")
+        raise CaseRejected(f"{name}: negative label values {sorted(set(np.unique(data[data < 0]).tolist()))[:5]}",
+                           code="label_values")
     return data
 
 
@@ -122,16 +125,18 @@ def ingest_case(source: CaseSource, output_dir: Path, settings: IngestSettings,
         inputs_fingerprint = fingerprint(source, settings)
     except OSError as error:
         return CaseResult(source.case_id, False,
-                          f"{source.name(source.image)}: cannot read input ({describe_error(error)})")
+                          f"{source.name(source.image)}: cannot read input ({describe_error(error)})",
+                          code="unreadable")
     if previous and previous.get("fingerprint") == inputs_fingerprint and (
             not previous.get("accepted") or _outputs_intact(output_dir, previous.get("record") or {})):
         return CaseResult(source.case_id, bool(previous["accepted"]), previous.get("reason", ""),
                           list(previous.get("warnings", [])), dict(previous.get("record") or {}),
-                          written=False, unchanged=True, fingerprint=inputs_fingerprint)
+                          written=False, unchanged=True, fingerprint=inputs_fingerprint,
+                          code=previous.get("code", ""))
     try:
         image, affine, series = read_image(source, settings)
         if source.label is None:
-            raise CaseRejected(source.missing_label or f"{source.name(source.image)}: no label")
+            raise CaseRejected(source.missing_label or f"{source.name(source.image)}: no label", code="no_label")
         label = read_label(source, series, image.shape, affine, settings)
         label_name = source.name(source.label) if source.label else "label"
         classes, instances = label_arrays(label, label_name, settings)
@@ -162,10 +167,10 @@ def ingest_case(source: CaseSource, output_dir: Path, settings: IngestSettings,
                           written=any(written for _, written in saved.values()),
                           fingerprint=inputs_fingerprint)
     except CaseRejected as error:
-        return CaseResult(source.case_id, False, reason=str(error), fingerprint=inputs_fingerprint)
+        return CaseResult(source.case_id, False, reason=str(error), fingerprint=inputs_fingerprint, code=error.code)
     except MemoryError:
         return CaseResult(source.case_id, False, f"{source.name(source.image)}: too large to load",
-                          fingerprint=inputs_fingerprint)
+                          fingerprint=inputs_fingerprint, code="memory")
 
 
 def _source_record(source: CaseSource) -> dict[str, Any]:

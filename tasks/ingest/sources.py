@@ -18,7 +18,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from tasks.common.names import carries_identity, printable, pseudonym, redact, safe_case_id, unsafe_id
 from tasks.config import DataConfig
@@ -52,12 +52,23 @@ class CaseSource:
         return [*self.images, *([self.label] if self.label is not None else [])]
 
 
+class Problem(NamedTuple):
+    """An input that does not make a case: which case it would have been, why, and the reason code."""
+
+    case_id: str
+    reason: str
+    code: str
+
+
 @dataclass
 class Discovery:
     kind: str
     sources: list[CaseSource] = field(default_factory=list)
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (case ID, reason)
+    problems: list[Problem] = field(default_factory=list)
     modality: str | None = None
+
+    def reject(self, case_id: str, reason: str, code: str) -> None:
+        self.problems.append(Problem(case_id, reason, code))
 
 
 def detect_kind(raw: Path, data: DataConfig) -> str:
@@ -99,7 +110,7 @@ def _dataset_json(raw: Path, found: Discovery) -> dict:
             raise ValueError("not a JSON object")
         return meta
     except (ValueError, UnicodeDecodeError) as error:
-        found.problems.append(("dataset.json", f"dataset.json: unreadable ({printable(str(error))[:120]})"))
+        found.reject("dataset.json", f"dataset.json: unreadable ({printable(str(error))[:120]})", "dataset_json")
         return {}
 
 
@@ -124,20 +135,20 @@ def discover_nnunet(raw: Path, images_dir: str = "imagesTr", labels_dir: str = "
         shown = printable(f"{images_dir}/{case}")
         case_id = safe_case_id(case)
         if case_id is None:
-            found.problems.append((unsafe_id(case), f"{shown}: unsafe case ID {printable(repr(case))}"))
+            found.reject(unsafe_id(case), f"{shown}: unsafe case ID {printable(repr(case))}", "unsafe_id")
             continue
         duplicated = [paths for paths in channels.values() if len(paths) > 1]
         if duplicated or (None in channels and len(channels) > 1):
             files = sorted(p.name for paths in channels.values() for p in paths)
-            found.problems.append((case_id, f"{shown}: duplicate case ID {case_id} ({', '.join(files)})"))
+            found.reject(case_id, f"{shown}: duplicate case ID {case_id} ({', '.join(files)})", "duplicate_id")
             continue
         order = sorted(k for k in channels if k is not None)
         if order and order != list(range(len(order))):
-            found.problems.append((case_id, f"{shown}: channel files {order}; expected 0..{len(order) - 1}"))
+            found.reject(case_id, f"{shown}: channel files {order}; expected 0..{len(order) - 1}", "channels")
             continue
         if isinstance(channel_names, dict) and len(channel_names) > 1 and order and len(order) != len(channel_names):
-            found.problems.append((case_id, f"{shown}: {len(order)} channel file(s), dataset.json declares "
-                                            f"{len(channel_names)}"))
+            found.reject(case_id, f"{shown}: {len(order)} channel file(s), dataset.json declares "
+                                  f"{len(channel_names)}", "channels")
             continue
         paths = tuple(channels[k][0] for k in (order or [None]))
         label = label_files.get(case)
@@ -149,8 +160,8 @@ def discover_nnunet(raw: Path, images_dir: str = "imagesTr", labels_dir: str = "
                                         missing_label=missing))
     for stem, label in sorted(label_files.items()):
         if label not in used_labels and stem not in groups:
-            found.problems.append((safe_case_id(stem or "") or unsafe_id(stem or ""),
-                                   f"{labels_dir}/{printable(label.name)}: label without an image"))
+            found.reject(safe_case_id(stem or "") or unsafe_id(stem or ""),
+                         f"{labels_dir}/{printable(label.name)}: label without an image", "label_without_image")
     return found
 
 
@@ -181,11 +192,11 @@ def discover_pairs(raw: Path, image_pattern: str, label_pattern: str) -> Discove
         shown = printable(paths[0].relative_to(raw).as_posix())
         case_id = safe_case_id(case)
         if case_id is None:
-            found.problems.append((unsafe_id(case), f"{shown}: unsafe case ID {printable(repr(case))}"))
+            found.reject(unsafe_id(case), f"{shown}: unsafe case ID {printable(repr(case))}", "unsafe_id")
             continue
         if len(paths) > 1:
-            found.problems.append((case_id, f"{shown}: duplicate case ID {case_id} "
-                                            f"({', '.join(printable(p.name) for p in paths)})"))
+            found.reject(case_id, f"{shown}: duplicate case ID {case_id} "
+                                  f"({', '.join(printable(p.name) for p in paths)})", "duplicate_id")
             continue
         label = labels.get(case)
         names = tuple((p, printable(p.relative_to(raw).as_posix())) for p in (paths[0], *([label] if label else [])))
@@ -193,8 +204,9 @@ def discover_pairs(raw: Path, image_pattern: str, label_pattern: str) -> Discove
                                         names=names, missing_label=f"{shown}: no label matching {label_pattern!r}"))
     for case, label in sorted(labels.items()):
         if case not in by_case:
-            found.problems.append((safe_case_id(case) or unsafe_id(case),
-                                   f"{printable(label.relative_to(raw).as_posix())}: label without an image"))
+            found.reject(safe_case_id(case) or unsafe_id(case),
+                         f"{printable(label.relative_to(raw).as_posix())}: label without an image",
+                         "label_without_image")
     return found
 
 
@@ -205,7 +217,7 @@ def discover_dicom(raw: Path, data: DataConfig) -> Discovery:
     every_token = set().union(*result.tokens.values()) if result.tokens else set()
     for path, reason in result.unreadable:
         shown = redact(path, raw, every_token)
-        found.problems.append((unsafe_id(str(path)).replace("unsafe", "file"), f"{shown}: {reason}"))
+        found.reject(unsafe_id(str(path)).replace("unsafe", "file"), f"{shown}: {reason}", "unreadable")
     series: dict[str, list[SliceHeader]] = defaultdict(list)
     segs: dict[str, list[SliceHeader]] = defaultdict(list)
     for header in result.headers:
@@ -232,21 +244,21 @@ def discover_dicom(raw: Path, data: DataConfig) -> Discovery:
             if folders[folder] > 1:
                 candidate = f"{candidate}_{case_id[4:10]}"
             if carries_identity(candidate, tokens):
-                found.problems.append((case_id, f"{shown}: folder name carries the patient's name or ID; "
-                                                f"use data.dicom_case_id: hash"))
+                found.reject(case_id, f"{shown}: folder name carries the patient's name or ID; "
+                                      f"use data.dicom_case_id: hash", "identity")
                 continue
             if safe_case_id(candidate) is None:
-                found.problems.append((case_id, f"{shown}: folder name is not a safe case ID"))
+                found.reject(case_id, f"{shown}: folder name is not a safe case ID", "unsafe_id")
                 continue
             case_id = candidate
         if case_id in seen:
-            found.problems.append((case_id, f"{shown}: duplicate case ID {case_id} (also {seen[case_id]})"))
+            found.reject(case_id, f"{shown}: duplicate case ID {case_id} (also {seen[case_id]})", "duplicate_id")
             continue
         seen[case_id] = shown
         label_path = raw / data.label_pattern.replace("{case}", case_id)
         if len(seg_headers) > 1:
-            found.problems.append((case_id, f"{shown}: {len(seg_headers)} DICOM SEG objects reference this series "
-                                            f"({', '.join(redact(h.path, raw, every_token) for h in seg_headers)})"))
+            found.reject(case_id, f"{shown}: {len(seg_headers)} DICOM SEG objects reference this series "
+                                  f"({', '.join(redact(h.path, raw, every_token) for h in seg_headers)})", "seg")
             continue
         label: Path | None = None
         label_kind: Literal["nifti", "seg"] | None = None
@@ -262,9 +274,9 @@ def discover_dicom(raw: Path, data: DataConfig) -> Discovery:
                                         names=names, allowed_tags=first.allowed, missing_label=missing))
     for _uid, seg_headers in sorted(segs.items()):
         for header in seg_headers:
-            found.problems.append((unsafe_id(str(header.path)).replace("unsafe", "seg"),
-                                   f"{redact(header.path, raw, every_token)}: DICOM SEG references no series "
-                                   f"in the inbox"))
+            found.reject(unsafe_id(str(header.path)).replace("unsafe", "seg"),
+                         f"{redact(header.path, raw, every_token)}: DICOM SEG references no series in the inbox",
+                         "seg")
     return found
 
 

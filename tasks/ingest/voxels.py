@@ -42,12 +42,13 @@ def image_dtype(data: np.ndarray, name: str) -> np.ndarray:
     if data.dtype == bool:
         return data.astype(np.uint8)
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
-        raise CaseRejected(f"{name}: image voxels are not real numbers ({data.dtype})")
+        raise CaseRejected(f"{name}: image voxels are not real numbers ({data.dtype})", code="voxel_type")
     if np.issubdtype(data.dtype, np.integer) and (narrow := narrowest_integer(data)) is not None:
         return narrow
     data = data.astype(np.float32)
     if not np.isfinite(data).all():
-        raise CaseRejected(f"{name}: image holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels")
+        raise CaseRejected(f"{name}: image holds {int((~np.isfinite(data)).sum())} NaN or infinite voxels",
+                           code="voxel_type")
     return data
 
 
@@ -75,5 +76,5 @@ def label_arrays(label: np.ndarray, name: str, settings: IngestSettings) -> tupl
     found = label_values(label)
     if not found <= allowed:
         raise CaseRejected(f"{name}: label values {sorted(found - allowed)[:10]} outside the declared classes "
-                           f"{sorted(allowed)}")
+                           f"{sorted(allowed)}", code="label_values")
     return label.astype(np.uint8), None
