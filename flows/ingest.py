@@ -43,12 +43,12 @@ def ingest_flow(root: str = ".", params_file: str | None = "params.yaml", overri
     rejected = [r for r in results if not r.accepted]
     for result in rejected:
         log.warning("rejected %s: %s", result.case_id, result.reason)
-    print(summary_table(results, manifest, output))
+    print(summary_table(results, manifest, data.dataset_dir, len(plan.ignored)))
     summary = {"source": plan.kind, "accepted": manifest["num_cases"], "rejected": len(rejected),
                "warnings": sum(len(r.warnings) for r in results if r.accepted),
                "written": sum(r.written for r in results), "unchanged": sum(r.unchanged for r in results),
-               "dataset": str(output)}
+               "ignored": len(plan.ignored), "dataset": str(output)}
     if manifest["num_cases"] == 0 or (strict and rejected):
         raise NothingAccepted(f"ingest: {len(rejected)} cases rejected, {manifest['num_cases']} accepted; "
-                              f"see {output / 'rejected.json'}")
+                              f"see {data.dataset_dir}/rejected.json")
     return summary

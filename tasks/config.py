@@ -35,6 +35,8 @@ class DataConfig(_Section):
     the case ID; relative to ``raw_dir``), or ``dicom`` trees (series found by SeriesInstanceUID,
     labels as NIfTI by ``label_pattern`` or as DICOM SEG). ``auto`` picks by what the inbox holds.
     ``workers`` cases are converted at once (threads: GDCM decode, gzip and sha256 release the GIL).
+    ``spatial_dims`` declares the dataset 2D or 3D (``auto``: what most cases are); a case of the other kind
+    is refused, and a DICOM series of one slice is a case only in a dataset declared 2D.
     """
 
     raw_dir: str = "data"
@@ -48,6 +50,7 @@ class DataConfig(_Section):
     dicom_id_salt: str = "unetflow"
     dataset_dir: str = "outputs/dataset"
     modality: str = "auto"
+    spatial_dims: Literal["auto", 2, 3] = "auto"
     instance_labels: bool = True
     label_names: dict[str, int] = Field(default_factory=lambda: {"background": 0, "foreground": 1})
     geometry_tolerance: float = Field(1e-4, gt=0.0)

@@ -58,6 +58,9 @@ def read_image(source: CaseSource, settings: IngestSettings) -> tuple[np.ndarray
     """(RAS voxels X×Y×Z[×C], RAS affine, the checked DICOM series or None)."""
     if source.kind == "dicom":
         series = check_series(list(source.slices), source.name, settings.spacing_tolerance, settings.max_voxels)
+        if len(series.files) == 1 and settings.spatial_dims != 2:  # its slice spacing would be invented
+            raise CaseRejected(f"{source.name(series.files[0])}: a series of one slice is not a volume; a 2D "
+                               f"dataset of single slices must be declared (data.spatial_dims: 2)", code="dimensions")
         data = read_volume(series, source.name, settings.tolerance,
                            convert=lambda voxels: image_dtype(voxels, source.name(series.files[0])))
         data, affine = to_ras(data, series.affine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tasks.common.hashing import json_digest, sha256_file
 from tasks.config import DataConfig
@@ -31,16 +32,18 @@ class IngestSettings:
     tolerance: float = 1e-4
     spacing_tolerance: float = 0.01
     max_voxels: int = 1_000_000_000
+    spatial_dims: Literal["auto", 2, 3] = "auto"  # declared by data.spatial_dims; 2 lets a DICOM slice be a case
 
     @classmethod
     def from_config(cls, data: DataConfig) -> IngestSettings:
         return cls(dict(data.label_names), data.instance_labels, data.geometry_tolerance,
-                   data.slice_spacing_tolerance, data.max_voxels)
+                   data.slice_spacing_tolerance, data.max_voxels, data.spatial_dims)
 
     def key(self) -> str:
         return json_digest({"version": INGEST_VERSION, "labels": self.label_names,
                               "instances": self.instance_labels, "tolerance": self.tolerance,
-                              "spacing": self.spacing_tolerance, "max_voxels": self.max_voxels}, 16)
+                              "spacing": self.spacing_tolerance, "max_voxels": self.max_voxels,
+                            "dims": self.spatial_dims}, 16)
 
 
 def fingerprint(source: CaseSource, settings: IngestSettings) -> str:

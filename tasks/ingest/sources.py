@@ -66,6 +66,8 @@ class Discovery:
     sources: list[CaseSource] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     modality: str | None = None
+    seen: set[Path] = field(default_factory=set)  # every file a case or a problem accounts for
+    tokens: set[str] = field(default_factory=set)  # patient name/ID fragments no shown path may carry
 
     def reject(self, case_id: str, reason: str, code: str) -> None:
         self.problems.append(Problem(case_id, reason, code))
@@ -102,6 +104,7 @@ def _nifti_files(folder: Path) -> list[Path]:
 
 def _dataset_json(raw: Path, found: Discovery) -> dict:
     path = raw / "dataset.json"
+    found.seen.add(path)
     if not path.is_file():
         return {}
     try:
@@ -125,6 +128,7 @@ def discover_nnunet(raw: Path, images_dir: str = "imagesTr", labels_dir: str = "
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {images} does not exist")
     groups: dict[str, dict[int | None, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    found.seen.update(_nifti_files(images), _nifti_files(labels))
     for path in _nifti_files(images):
         stem = strip_nifti_suffix(path.name) or ""
         case, channel = channel_of(stem) or (stem, None)
@@ -188,6 +192,7 @@ def discover_pairs(raw: Path, image_pattern: str, label_pattern: str) -> Discove
     for case, path in _pattern_matches(raw, image_pattern):
         by_case[case].append(path)
     labels = dict(_pattern_matches(raw, label_pattern))
+    found.seen.update(*by_case.values(), labels.values())
     for case, paths in sorted(by_case.items()):
         shown = printable(paths[0].relative_to(raw).as_posix())
         case_id = safe_case_id(case)
@@ -214,7 +219,10 @@ def discover_dicom(raw: Path, data: DataConfig) -> Discovery:
     """Series by SeriesInstanceUID anywhere under ``raw``; case IDs never carry patient identity."""
     found = Discovery("dicom")
     result = scan(raw, skip=lambda p: strip_nifti_suffix(p.name) is not None or p.suffix == ".json")
+    found.seen.update(h.path for h in result.headers)
+    found.seen.update(path for path, _ in result.unreadable)
     every_token = set().union(*result.tokens.values()) if result.tokens else set()
+    found.tokens = every_token
     for path, reason in result.unreadable:
         shown = redact(path, raw, every_token)
         found.reject(unsafe_id(str(path)).replace("unsafe", "file"), f"{shown}: {reason}", "unreadable")
@@ -266,6 +274,7 @@ def discover_dicom(raw: Path, data: DataConfig) -> Discovery:
             label, label_kind = seg_headers[0].path, "seg"
         elif label_path.is_file():
             label, label_kind = label_path, "nifti"
+            found.seen.add(label_path)
         missing = (f"{shown}: no label for series {case_id}: expected "
                    f"{data.label_pattern.replace('{case}', case_id)} or a DICOM SEG")
         files = tuple(s.path for s in slices)
