@@ -71,11 +71,13 @@ def infer_flow(root: str = ".", params_file: str | None = "params.yaml", overrid
     counts = batch.count(outcomes)
     for failed in counts.failed_cases:
         log.error("failed %s: %s", failed["case_id"], failed["error"])
+    no_seg = f", {counts.seg_not_written} without a DICOM SEG (see summary)" if counts.seg_not_written else ""
     print(f"infer: {counts.done} segmented, {counts.skipped} already done, {counts.failed} failed, "
-          f"{counts.ignored} ignored → {output_dir} (summary {summary_path.name})")
+          f"{counts.ignored} ignored{no_seg} → {output_dir} (summary {summary_path.name})")
     cases = counts.done + counts.skipped + counts.failed
     if cases and counts.failed == cases:
         raise BatchFailed(f"all {counts.failed} cases failed; first: {counts.failed_cases[0]['error']}")
     return {"model": model_uri, "model_id": identity, "output": str(output_dir), "done": counts.done,
             "skipped": counts.skipped, "failed": counts.failed, "ignored": counts.ignored,
+            "seg_not_written": counts.seg_not_written,
             "failed_cases": counts.failed_cases, "summary": str(summary_path)}

@@ -15,6 +15,9 @@ A hospital runs this overnight on hundreds of studies, so:
 Per case: ``<case>.nii.gz`` (label map), ``<case>.seg.dcm`` (DICOM inputs) and ``<case>.json``
 (class volumes in ml, CGM probabilities, what the filters removed, timings); per batch
 ``summary.csv`` and ``summary.json``. Plain functions; the Prefect flow only maps :func:`run_case`.
+
+A DICOM case whose SEG cannot be made is still done (its mask is the result); its report, the
+``dicom_seg`` column of ``summary.csv`` and ``seg_not_written`` in ``summary.json`` say why.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import io
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +40,22 @@ from tasks.common.plan import Plan
 from tasks.inference.inputs import InferCase, InputProblem, discover_cases
 from tasks.inference.segment import InferSettings, segment_case
 
+SEG_NOT_WRITTEN = "not written: "  # the ``dicom_seg`` column of a case done without its SEG
+
 
 @dataclass
 class CaseOutcome:
-    """One summary row. ``status``: done, skipped (done by an earlier run), failed, ignored (not an image)."""
+    """One summary row. ``status``: done, skipped (done by an earlier run), failed, ignored (not an image).
+
+    ``dicom_seg``: for a DICOM case, the SEG's file name or ``not written: <reason>`` (the case is done).
+    """
 
     case_id: str
     status: str
     source: str = ""
     mask: str = ""
     seg: str = ""
+    dicom_seg: str = ""
     error: str = ""
     seconds: float = 0.0
     foreground_voxels: int = 0
@@ -106,10 +115,19 @@ def completed_report(case: InferCase, output_dir: Path, settings: InferSettings)
     return None
 
 
+def _seg_column(report: dict[str, Any]) -> str:
+    """The SEG's name, why there is none, or "" (NIfTI input, SEG off); reports before the field: from outputs."""
+    if report.get("dicom_seg_error"):
+        return f"{SEG_NOT_WRITTEN}{report['dicom_seg_error']}"
+    seg = report.get("dicom_seg") or report["outputs"].get("seg")
+    return Path(seg).name if seg else ""
+
+
 def _outcome(report: dict[str, Any], status: str, seconds: float) -> CaseOutcome:
     return CaseOutcome(
         case_id=report["case_id"], status=status, source=report["source"], mask=report["outputs"]["mask"],
-        seg=report["outputs"].get("seg", ""), seconds=round(seconds, 4), foreground_voxels=report["foreground_voxels"],
+        seg=report["outputs"].get("seg", ""), dicom_seg=_seg_column(report), seconds=round(seconds, 4),
+        foreground_voxels=report["foreground_voxels"],
         volumes_ml=json.dumps(report["class_volumes_ml"], sort_keys=True),
         cgm_removed_voxels=report["cgm"]["removed_voxels"], cgm_removed_slices=len(report["cgm"]["removed_slices"]),
         lcc_removed_voxels=report["keep_largest_component"]["removed_voxels"])
@@ -163,6 +181,8 @@ def remove_stale_temporaries(output_dir: Path) -> int:
 def run_batch(input_dir: Path, output_dir: Path, settings: InferSettings, model: nn.Module, plan: Plan,
               salt: str = "unetflow") -> list[CaseOutcome]:
     """The whole batch in this process, one case after the other (no Prefect): tests, benchmarks, scripts."""
+    if not settings.input_root:  # messages name files relative to the inbox, as in the flow
+        settings = replace(settings, input_root=str(input_dir))
     remove_stale_temporaries(output_dir)
     cases, problems = discover_cases(input_dir, exclude=output_dir, salt=salt)
     outcomes = [run_case(case, output_dir, settings, model, plan) for case in cases]
@@ -183,6 +203,8 @@ def write_summary(output_dir: Path, outcomes: list[CaseOutcome]) -> Path:
         **{s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "ignored")},
         "failed_cases": [{"case_id": o.case_id, "error": o.error} for o in outcomes if o.status == "failed"],
         "ignored_files": [{"case_id": o.case_id, "reason": o.error} for o in outcomes if o.status == "ignored"],
+        "seg_not_written": [{"case_id": o.case_id, "reason": o.dicom_seg.removeprefix(SEG_NOT_WRITTEN)}
+                            for o in outcomes if o.dicom_seg.startswith(SEG_NOT_WRITTEN)],
     })
     return path
 
@@ -193,10 +215,12 @@ class BatchCounts:
     skipped: int = 0
     failed: int = 0
     ignored: int = 0
+    seg_not_written: int = 0  # DICOM cases done with their mask but without a DICOM SEG (the reports say why)
     failed_cases: list[dict[str, str]] = field(default_factory=list)
 
 
 def count(outcomes: list[CaseOutcome]) -> BatchCounts:
     counts = BatchCounts(**{s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "ignored")})
     counts.failed_cases = [{"case_id": o.case_id, "error": o.error} for o in outcomes if o.status == "failed"]
+    counts.seg_not_written = sum(o.dicom_seg.startswith(SEG_NOT_WRITTEN) for o in outcomes)
     return counts

@@ -4,11 +4,17 @@ Preprocessing is the model's plan (normalisation, channels, 2D/3D, patch size), 
 here; the mask is reordered back to the input's voxel grid (:mod:`tasks.inference.studies`); the CGM
 classifier, when the network has one, gates the segmentation (:mod:`tasks.inference.postprocess`) and the
 report says how much it removed.
+
+A DICOM series whose SEG cannot be made (no FrameOfReferenceUID, a source highdicom refuses) still
+gets its mask and its report: the report says why there is no SEG (``dicom_seg_error``) and, written
+last as always, marks the case done — a rerun would only fail the same way. Nothing else degrades.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,8 @@ from tasks.inference.inputs import InferCase
 from tasks.inference.postprocess import FilterReport, gate_images, gate_voxels, keep_largest_component
 from tasks.inference.sliding_window import WindowSettings, has_cgm, predict_windows, roi_size_for
 from tasks.inference.studies import LoadedStudy, load_study, shown_name, to_input_space, to_model_space, write_mask
+
+log = logging.getLogger("unetflow.infer")
 
 REPORT_VERSION = 1  # bump when an unchanged input would now give a different output
 
@@ -150,12 +158,11 @@ def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path
 
     clock = time.perf_counter()
     outputs = {"mask": str(write_mask(output_dir / f"{case.case_id}.nii.gz", labels, study))}
+    seg_error: str | None = None
     if study.series is not None and settings.dicom_seg:
-        from tasks.inference.dicom_seg import write_dicom_seg
-
-        outputs["seg"] = str(write_dicom_seg(output_dir / f"{case.case_id}.seg.dcm", labels.reshape(study.series.shape),
-                                             study.series.files, plan.label_names, plan.num_classes,
-                                             settings.model_id or "1"))
+        seg_error = _write_seg(output_dir / f"{case.case_id}.seg.dcm", labels, study, plan, settings, case, name)
+        if seg_error is None:
+            outputs["seg"] = str(output_dir / f"{case.case_id}.seg.dcm")
     timings["write"] = time.perf_counter() - clock
 
     voxel_ml = float(abs(np.linalg.det(study.affine[:3, :3]))) / 1000.0
@@ -174,8 +181,30 @@ def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path
     if study.series is not None:
         report["frame_of_reference_uid"] = study.series.frame_of_reference
         report["series_instance_uid"] = case.slices[0].series if case.slices else ""
+        report["dicom_seg"] = Path(outputs["seg"]).name if "seg" in outputs else None
+        report["dicom_seg_error"] = seg_error
     write_json(output_dir / f"{case.case_id}.json", report)  # last: it marks the case done
     return report
+
+
+def _write_seg(path: Path, labels: np.ndarray, study: LoadedStudy, plan: Plan, settings: InferSettings,
+               case: InferCase, name: Callable[[Path], str]) -> str | None:
+    """Write the case's DICOM SEG; None when written, else why not (the mask stands, the case is done).
+
+    Only :class:`~tasks.inference.dicom_seg.SegUnavailable` (the sources cannot give a SEG) is caught:
+    anything else, a full output disk included, still fails the case.
+    """
+    from tasks.inference.dicom_seg import SegUnavailable, write_dicom_seg
+
+    assert study.series is not None
+    try:
+        write_dicom_seg(path, labels.reshape(study.series.shape), study.series.files, plan.label_names,
+                        plan.num_classes, settings.model_id or "1", name)
+        return None
+    except SegUnavailable as error:
+        path.unlink(missing_ok=True)  # an earlier run's SEG would contradict this mask
+        log.warning("%s (%s): mask written, DICOM SEG not written: %s", case.case_id, case.shown, error)
+        return str(error)
 
 
 def _class_names(plan: Plan) -> dict[int, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import torch
 
 from monai_ext.networks.base import SegmentationNetwork
@@ -82,3 +83,10 @@ def save_nifti(array: np.ndarray, path: Path, affine: np.ndarray | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
     return path
+
+
+def drop_frame_of_reference(datasets: list[pydicom.Dataset]) -> None:
+    """Rewrite a written series' files without FrameOfReferenceUID, as older exports and ITK-written series come."""
+    for ds in datasets:
+        del ds.FrameOfReferenceUID
+        ds.save_as(ds.filename, enforce_file_format=True)
