@@ -2,7 +2,9 @@
 
 For each variant and a fixed 2D and 3D input: forward+backward time and peak memory of one training step
 (no optimiser), side by side with the MONAI twin at matching widths, reported as ratios (ours / MONAI).
-Also UNet++ pruned (L1..L{depth-1}) inference speed-ups over the full network.
+Also UNet++ pruned (L1..L{depth-1}) inference speed-ups over the full network, and UNet 3+ against U-Net
+at equal encoder widths (``unet3p_vs_unet``: seconds per training step, ratio UNet 3+ / U-Net; target
+<= 3), since UNet 3+'s full-scale decoder is what makes it the expensive member of the family.
 
 Time: ours and the twin are timed *interleaved* (ours, twin, twin, ours, ...) after warm-up, so load from
 other processes hits both alike; reported are each model's median and ``time_ratio`` = median of the
@@ -22,7 +24,7 @@ CPU runs use ``--threads`` torch threads (default 1): on a small shared machine,
 kernels spin and wait on each other under outside load, and then time the load rather than the model.
 
 Usage: python benchmarks/networks.py [--device cpu|cuda] [--amp] [--compile] [--repeats N] [--threads N] [--quick]
-       [--only NAME ...] [--output FILE]
+       [--only NAME ...] [--no-pruning] [--no-unet3p-vs-unet] [--output FILE]
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def monai_twin(name: str, dims: int, cin: int, cout: int, feats: tuple[int, ...]
         return "monai.BasicUNet", BasicUNet(dims, cin, cout, features=(*feats, feats[0]), **common)
     if name == "unetpp" and len(feats) == 5:
         return "monai.BasicUNetPlusPlus", BasicUNetPlusPlus(dims, cin, cout, features=(*feats, feats[0]), **common)
-    if name == "res_unet":  # same topology and parameters as ours (tests/networks/test_res_unet.py)
+    if name == "res_unet_monai":  # same topology and parameters as ours (tests/networks/test_res_unet.py)
         net = UNet(dims, cin, cout, channels=feats, strides=(2,) * (len(feats) - 1), num_res_units=2, **common)
         return "monai.UNet(num_res_units=2)", net
     if name == "eff_unet":
@@ -286,6 +288,33 @@ def pruning_speedups(
     return out
 
 
+def unet3p_vs_unet(
+    dims: int, shape: tuple[int, ...], feats: tuple[int, ...], args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
+    """Training-step time of UNet 3+ (default ``cat_channels`` = features[0]) and U-Net at the same widths.
+
+    Timed interleaved like :func:`compare`; ``ratio`` = median per-round UNet 3+ / U-Net (target <= 3).
+    """
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).to(device)
+    models = {}
+    for name in ("unet3p", "unet"):
+        torch.manual_seed(0)
+        models[name] = build_network(name, dims, 1, 2, features=feats, norm="batch").to(device).train()
+    cat_channels = models["unet3p"].cat_channels
+    if args.compile:
+        models = {k: torch.compile(m) for k, m in models.items()}
+    steps = [make_step(m, x, args.amp_dtype) for m in models.values()]
+    medians, ratios = time_interleaved(steps, args.repeats, device, warmup=3 if args.compile else 2)
+    return {
+        "input_shape": list(shape),
+        "features": list(feats),
+        "cat_channels": cat_channels,
+        "unet3p_s_per_step": round(medians[0] / 1e3, 4),
+        "unet_s_per_step": round(medians[1] / 1e3, 4),
+        "ratio": round(ratios[1], 2),
+    }
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -302,6 +331,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny widths and sizes (smoke test)")
     parser.add_argument("--only", nargs="+", choices=available_networks(), help="benchmark these variants only")
     parser.add_argument("--no-pruning", action="store_true", help="skip the UNet++ pruning speed-ups")
+    parser.add_argument("--no-unet3p-vs-unet", action="store_true", help="skip the UNet 3+ vs U-Net step-time report")
     parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -331,19 +361,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # batch norm needs >1 value per channel in training: the full 3D input (64^3) keeps 2^3 voxels at
     # EfficientNet's stride 32, so batch 1 suffices there; the quick 32^3 input needs batch 2
+    # every variant at its defaults (UNet 3+: cat_channels = features[0], the reference code's rule)
     if args.quick:
         feats = (4, 8, 16, 32, 64)
         shapes = {2: (2, 1, 64, 64), 3: (2, 1, 32, 32, 32)}
-        extra: dict[str, dict[str, Any]] = {"unet3p": {"cat_channels": 8}}
     else:
         feats = (16, 32, 64, 128, 256)
         shapes = {2: (2, 1, 256, 256), 3: (1, 1, 64, 64, 64)}
-        extra = {"unet3p": {"cat_channels": 32}}
 
     results = []
     for name in args.only or available_networks():
         for dims in (2, 3):
-            options = extra.get(name, {})
+            options: dict[str, Any] = {}
             spec = {"name": name, "dims": dims, "features": feats, "shape": shapes[dims], "options": options}
             row = compare(spec, args, device)
             results.append(row)
@@ -381,6 +410,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if not args.no_pruning:
         report["unetpp_pruning"] = {f"{d}d": pruning_speedups(d, shapes[d], feats, args, device) for d in (2, 3)}
+    if not args.no_unet3p_vs_unet:
+        report["unet3p_vs_unet"] = {
+            "target": "ratio <= 3",
+            **{f"{d}d": unet3p_vs_unet(d, shapes[d], feats, args, device) for d in (2, 3)},
+        }
+        for d in (2, 3):
+            row = report["unet3p_vs_unet"][f"{d}d"]
+            sys.stderr.write(
+                f"unet3p vs unet {d}d: {row['unet3p_s_per_step']:.3f} s vs {row['unet_s_per_step']:.3f} s "
+                f"per step, ratio {row['ratio']}\n"
+            )
     text = json.dumps(report, indent=2)
     sys.stdout.write(text + "\n")
     if args.output:

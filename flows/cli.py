@@ -1,5 +1,6 @@
 """``unetflow``: one command per flow. Every command validates ``params.yaml`` (with ``--set``
-overrides) before any work starts, so a typo is refused in a second, not after an hour."""
+overrides) before any work starts, so a typo is refused in a second, not after an hour. A command
+that fails ends with one line, ``error: …`` (``unetflow --debug …`` shows the traceback)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 import flows  # noqa: F401  (telemetry off before Prefect is imported)
+from flows.errors import cli_errors
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -34,6 +36,14 @@ def _checked(root: Path, params: Path, overrides: list[str] | None) -> dict[str,
 
 def _show(result: dict) -> None:
     typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.callback()
+def _options(ctx: typer.Context, debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the full traceback of a failure (Prefect's and Python's), not one error line.")]
+        = False) -> None:
+    """Options for every command; the error handler wraps the command that follows."""
+    ctx.with_resource(cli_errors(debug))
 
 
 @app.command()

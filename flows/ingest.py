@@ -16,7 +16,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import project
 from tasks.ingest.batch import finish_ingest, plan_ingest, summary_table
 from tasks.ingest.case import ingest_case
-from tasks.ingest.index import IngestSettings
 
 log = logging.getLogger("unetflow.ingest")
 # Case inputs are large and change under the same name: never cache, the index decides what to skip.
@@ -33,8 +32,8 @@ def ingest_flow(root: str = ".", params_file: str | None = "params.yaml", overri
     root_path, params = project(root, params_file, overrides)
     data = params.data
     output = root_path / data.dataset_dir
-    settings = IngestSettings.from_config(data)
-    plan = plan_ingest(root_path / data.raw_dir, output, data)
+    plan = plan_ingest(root_path / data.raw_dir, output, data)  # DatasetRejected (nothing written) propagates
+    settings = plan.settings  # the classes as resolved from dataset.json or data.label_names
     with ThreadPoolTaskRunner(max_workers=data.workers) as runner:  # params decide the width, not the decorator
         futures = runner.map(ingest_case_task, {"source": plan.sources, "output_dir": unmapped(output),
                                                 "settings": unmapped(settings), "previous": plan.previous})

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from monai_ext.losses import LOSS_REGISTRY, build_loss
-from monai_ext.networks import available_networks, network_options
+from monai_ext.networks import NetworkConfigError, available_networks, check_network_config, network_options
 
 
 class ConfigError(ValueError):
@@ -37,6 +37,14 @@ class DataConfig(_Section):
     ``workers`` cases are converted at once (threads: GDCM decode, gzip and sha256 release the GIL).
     ``spatial_dims`` declares the dataset 2D or 3D (``auto``: what most cases are); a case of the other kind
     is refused, and a DICOM series of one slice is a case only in a dataset declared 2D.
+
+    ``label_names`` says what each label value means. ``auto`` takes it from an nnU-Net/MSD ``dataset.json``
+    (the source of truth there: an explicit mapping must agree with it); ``pairs`` and ``dicom`` inboxes
+    have none, so there it must be given (``{background: 0, liver: 1}``, values 0..N-1). Labels are never
+    remapped: a value outside the declared classes refuses the case. ``instance_labels: true`` is for
+    sources whose labels *are* instance maps of one class (label value = object id): they become class 1
+    where > 0 and the ids are kept as instance maps. Otherwise instance maps come only from an
+    ``instancesTr/`` folder beside ``labelsTr/``.
     """
 
     raw_dir: str = "data"
@@ -51,8 +59,8 @@ class DataConfig(_Section):
     dataset_dir: str = "outputs/dataset"
     modality: str = "auto"
     spatial_dims: Literal["auto", 2, 3] = "auto"
-    instance_labels: bool = True
-    label_names: dict[str, int] = Field(default_factory=lambda: {"background": 0, "foreground": 1})
+    instance_labels: bool = False
+    label_names: Literal["auto"] | dict[str, int] = "auto"
     geometry_tolerance: float = Field(1e-4, gt=0.0)
     slice_spacing_tolerance: float = Field(0.01, gt=0.0, lt=0.5)
     max_voxels: int = Field(1_000_000_000, gt=0)
@@ -72,8 +80,9 @@ class DataConfig(_Section):
     def _fractions_leave_training_cases(self) -> DataConfig:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave cases to train on (< 0.9)")
-        if sorted(self.label_names.values()) != list(range(len(self.label_names))):
-            raise ValueError("label_names values must be 0..N-1 (background first)")
+        if isinstance(self.label_names, dict) and (
+                len(self.label_names) < 2 or sorted(self.label_names.values()) != list(range(len(self.label_names)))):
+            raise ValueError("label_names must be auto, or name the values 0..N-1 (background 0, at least one class)")
         return self
 
 
@@ -104,7 +113,11 @@ class PreprocessConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Which member of the U-Net family to build (see ``monai_ext.networks.build_network``)."""
+    """Which member of the U-Net family to build (see ``monai_ext.networks.build_network``).
+
+    ``norm``: ``batch``, ``instance`` (nnU-Net's choice for small batches), ``group`` or none, for every
+    variant. Each network's own constraints (widths it needs, option values) are checked here, at load time.
+    """
 
     name: str = "unet"
     spatial_dims: Literal["auto", 2, 3] = "auto"
@@ -134,6 +147,23 @@ class ModelConfig(_Section):
         if len(features) < 2 or any(f <= 0 for f in features):
             raise ValueError("features needs at least two positive widths, e.g. [16, 32, 64, 128]")
         return features
+
+    @model_validator(mode="after")
+    def _fits_the_network(self) -> ModelConfig:
+        """The network's own constraints (eff_unet: five widths; unetpp: pruning needs deep supervision; ...).
+
+        Why here: the network is built only after ingest and preprocessing; asking it now refuses such a config
+        before any work starts, naming the key to change.
+        """
+        repeated = sorted({"features", "norm"} & set(self.options))
+        if repeated:
+            raise ValueError(f"set model.{repeated[0]} directly, not inside model.options")
+        try:
+            check_network_config(self.name, self.features, norm=self.norm, **self.options)
+        except NetworkConfigError as error:
+            key = error.option if error.option in ("features", "norm") else f"options.{error.option}"
+            raise ValueError(f"model.{key} does not suit network {self.name!r}: {error}") from None
+        return self
 
 
 class AugmentConfig(_Section):

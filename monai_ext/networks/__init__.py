@@ -7,22 +7,27 @@ Entry point::
 
 Registered names: ``unet`` (Ronneberger 2015), ``unetpp`` (UNet++, Zhou 2018, with pruned inference),
 ``unet3p`` (UNet 3+, Huang 2020, full-scale skips + CGM), ``res_unet``, ``mobile_unet``, ``eff_unet``.
-Common options: ``features``, ``norm``, ``act``, ``dropout``, ``deep_supervision``, ``cgm`` (+ ``cgm_gate``,
-``cgm_gate_threshold``, ``cgm_dropout``), ``aux_resolution``; see each class for its own.
+Common options: ``features``, ``norm`` (``batch``/``instance``/``group``/None), ``act``, ``dropout``,
+``deep_supervision``, ``cgm`` (+ ``cgm_gate``, ``cgm_gate_threshold``, ``cgm_dropout``), ``aux_resolution``;
+see each class for its own. :func:`check_network_config` checks settings against a network's constraints
+without building it (config schemas call it before any work starts).
 
 What ``forward`` returns (eval: one logits tensor; training with deep supervision/CGM: a
 :class:`NetworkOutput`) is defined once in :mod:`monai_ext.networks.outputs`.
 """
 
+from .base import NetworkConfigError
 from .outputs import NetworkOutput, main_logits
-from .registry import NETWORKS, available_networks, build_network, network_options
+from .registry import NETWORKS, available_networks, build_network, check_network_config, network_options
 from .unet import valid_unet_input_size, valid_unet_output_size
 
 __all__ = [
     "NETWORKS",
+    "NetworkConfigError",
     "NetworkOutput",
     "available_networks",
     "build_network",
+    "check_network_config",
     "main_logits",
     "network_options",
     "valid_unet_input_size",

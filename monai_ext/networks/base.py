@@ -17,18 +17,43 @@ meaningfully and instead refuses sizes that do not fit
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import resize_to
+from .blocks import NORMS, check_features, make_norm, resize_to
 from .outputs import NetworkOutput
-from .stages import CGMHead
+from .stages import DROPOUT_POSITIONS, CGMHead, place_dropout
 
 #: options every registered network accepts (beside the architecture's own); see :func:`build_network`.
 COMMON_OPTIONS = ("deep_supervision", "cgm", "cgm_dropout", "cgm_gate", "cgm_gate_threshold", "aux_resolution")
+
+#: allowed values of string options, wherever a network takes them (checked by ``check_config``).
+_CHOICES = {
+    "aux_resolution": ("native", "full"),
+    "upsample": ("deconv", "nontrainable"),
+    "padding": ("same", "valid"),
+    "dropout_position": DROPOUT_POSITIONS,
+}
+
+
+class NetworkConfigError(ValueError):
+    """A setting a network cannot be built with; ``option`` names it (``features``, ``norm``, ``backbone``...)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+def refuse_unless(option: str, check: Callable[..., Any], *args: Any) -> None:
+    """Run a constructor's own check, re-raising its ValueError as a :class:`NetworkConfigError` for ``option``."""
+    try:
+        check(*args)
+    except (ValueError, TypeError, LookupError) as error:
+        raise NetworkConfigError(option, str(error)) from None
 
 
 class SegmentationNetwork(nn.Module):
@@ -50,6 +75,10 @@ class SegmentationNetwork(nn.Module):
     size_divisor: int = 1
     #: whether awkward sizes are padded (True) or refused (False, e.g. valid-padding U-Net).
     pads_input: bool = True
+    #: how many widths ``features`` may hold (None: no upper bound) and what they are, for messages.
+    min_levels: int = 2
+    max_levels: int | None = None
+    features_meaning: str = "one per level"
 
     def __init__(
         self,
@@ -80,6 +109,27 @@ class SegmentationNetwork(nn.Module):
         self.cgm_gate_threshold = cgm_gate_threshold
         self.aux_resolution = aux_resolution
         self.cgm_head: CGMHead | None = None
+
+    @classmethod
+    def check_config(cls, features: Sequence[int] | None, options: Mapping[str, Any]) -> None:
+        """Refuse settings this network cannot be built with, cheaply: nothing is built, no data is needed.
+
+        Why: a pipeline validates its configuration before ingest and preprocessing; the constructor checks
+        the same things, but only once the data has been planned, minutes or hours later. Subclasses add
+        their own constraints (calling this first). Raises :class:`NetworkConfigError` naming the option.
+        """
+        if features is not None:
+            refuse_unless("features", check_features, features, cls.min_levels, cls.max_levels, cls.features_meaning)
+        if "norm" in options:
+            refuse_unless("norm", _check_norm, options["norm"])
+        for option, allowed in _CHOICES.items():
+            if option in options and options[option] not in allowed:
+                raise NetworkConfigError(option, f"{option} must be one of {', '.join(allowed)}, "
+                                                 f"got {options[option]!r}")
+        if "dropout" in options:
+            refuse_unless("dropout", place_dropout, 2, options["dropout"])
+        if options.get("cgm_gate") and not options.get("cgm"):
+            raise NetworkConfigError("cgm_gate", "cgm_gate=True needs cgm=True")
 
     def _init_cgm(self, bottleneck_channels: int) -> None:
         """Called by subclasses once they know the bottleneck width (the CGM sits on the deepest features)."""
@@ -188,3 +238,9 @@ class SegmentationNetwork(nn.Module):
         if logits.shape[1] > 1:  # keep the background channel so softmax picks it
             low = torch.cat([logits[:, :1], low[:, 1:]], dim=1)
         return torch.where(present, logits, low)
+
+
+def _check_norm(norm: Any) -> None:
+    if isinstance(norm, str) and norm.lower() not in (*NORMS, "none"):
+        raise ValueError(f"norm must be one of {', '.join(NORMS)} or none, got {norm!r}")
+    make_norm(norm, 2, 8)  # a MONAI tuple spec: building one small layer is the cheapest full check

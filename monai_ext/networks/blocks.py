@@ -8,11 +8,12 @@ Everything takes ``spatial_dims`` and builds its layers through MONAI's factorie
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv, Dropout
+from monai.networks.layers.factories import Conv, Dropout, split_args
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
@@ -33,12 +34,50 @@ def _normalise_norm(norm: NormSpec) -> NormSpec:
     return norm
 
 
-def make_norm(norm: NormSpec, spatial_dims: int, channels: int) -> nn.Module | None:
-    """Build a normalisation layer from a MONAI norm spec ("batch", ("group", {...}), ...) or None."""
+#: the norm names every variant offers ("none"/None too); MONAI tuple specs pass through as well.
+NORMS = ("batch", "instance", "group")
+#: GroupNorm groups when a spec names none: 8 (MONAI SegResNet), cut to gcd(channels, 8) so it always divides.
+GROUPS = 8
+
+
+def norm_spec(norm: NormSpec, channels: int) -> NormSpec:
+    """Complete a norm spec for ``channels``: plain "group" gets ``num_groups``, which MONAI would demand.
+
+    Batch norm keeps PyTorch's defaults (momentum 0.1, eps 1e-5), never TensorFlow's 0.01/1e-3: with 0.01 the
+    running statistics lag the weights for hundreds of steps and eval-mode output drifts from training's.
+    """
     norm = _normalise_norm(norm)
     if norm is None:
         return None
+    name, args = split_args(norm)
+    if name.lower() == "group" and "num_groups" not in args:
+        return (name, {**args, "num_groups": math.gcd(channels, GROUPS)})
+    return norm
+
+
+def make_norm(norm: NormSpec, spatial_dims: int, channels: int) -> nn.Module | None:
+    """Build a normalisation layer from a MONAI norm spec ("batch", "group", ("group", {...}), ...) or None."""
+    norm = norm_spec(norm, channels)
+    if norm is None:
+        return None
     return get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=channels)
+
+
+def he_init_(conv: nn.Module, act: nn.Module | None) -> None:
+    """He (Kaiming) normal init, zero bias, for a conv whose output a rectifier (ReLU, ReLU6, LeakyReLU) follows.
+
+    Why (U-Net paper, He et al. 2015): a ReLU halves the second moment, so PyTorch's default init shrinks an
+    un-normalised U-Net's bottleneck activations to std ~0.01 and slows early training; std sqrt(2/fan_in)
+    keeps them O(1). Other activations keep PyTorch's default.
+    """
+    if isinstance(act, nn.LeakyReLU):
+        nn.init.kaiming_normal_(conv.weight, a=act.negative_slope, nonlinearity="leaky_relu")
+    elif isinstance(act, nn.ReLU | nn.ReLU6):
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    else:
+        return
+    if getattr(conv, "bias", None) is not None:
+        nn.init.zeros_(conv.bias)
 
 
 def make_act(act: ActSpec) -> nn.Module | None:
@@ -67,7 +106,7 @@ def add_norm_act_dropout(block: nn.Sequential, spatial_dims: int, channels: int,
 
 
 class ConvNormAct(nn.Sequential):
-    """conv -> [norm] -> [act] -> [dropout]: the unit every other block is made of."""
+    """conv -> [norm] -> [act] -> [dropout]: the unit every other block is made of (He init before a ReLU)."""
 
     def __init__(
         self,
@@ -86,20 +125,11 @@ class ConvNormAct(nn.Sequential):
         super().__init__()
         if padding is None:
             padding = kernel_size // 2
-        conv_type = Conv[Conv.CONV, spatial_dims]
-        self.add_module(
-            "conv",
-            conv_type(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride=stride,
-                padding=padding,
-                groups=groups,
-                bias=bias,
-            ),
-        )
+        conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size, stride, padding, groups=groups,
+                                             bias=bias)
+        self.add_module("conv", conv)
         add_norm_act_dropout(self, spatial_dims, out_channels, norm, act, dropout)
+        he_init_(self.conv, getattr(self, "act", None))
 
 
 class DoubleConv(nn.Sequential):
@@ -119,20 +149,9 @@ class DoubleConv(nn.Sequential):
         super().__init__()
         pad = 1 if padding == "same" else 0
         for i, cin in enumerate((in_channels, out_channels)):
-            self.add_module(
-                f"conv_{i}",
-                ConvNormAct(
-                    spatial_dims,
-                    cin,
-                    out_channels,
-                    3,
-                    padding=pad,
-                    norm=norm,
-                    act=act,
-                    dropout=dropout,
-                    bias=bias,
-                ),
-            )
+            unit = ConvNormAct(spatial_dims, cin, out_channels, 3, padding=pad, norm=norm, act=act, dropout=dropout,
+                               bias=bias)
+            self.add_module(f"conv_{i}", unit)
 
 
 class ResidualUnit(nn.Module):
@@ -307,11 +326,12 @@ def resize_to(x: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=list(spatial_shape), mode=interp_mode(x.dim() - 2), align_corners=False)
 
 
-def check_features(features: Sequence[int], min_levels: int = 2) -> tuple[int, ...]:
-    """Validate a widths-per-level tuple early, with a message that names the option."""
+def check_features(
+    features: Sequence[int], min_levels: int = 2, max_levels: int | None = None, meaning: str = "one per level"
+) -> tuple[int, ...]:
+    """Validate a widths-per-level tuple early, with a message that names the option and what it needs."""
     feats = tuple(int(f) for f in features)
-    if len(feats) < min_levels or any(f <= 0 for f in feats):
-        raise ValueError(
-            f"features must be >= {min_levels} positive widths (one per level), got {features!r}"
-        )
+    if len(feats) < min_levels or len(feats) > (max_levels or len(feats)) or any(f <= 0 for f in feats):
+        count = f"exactly {min_levels}" if max_levels == min_levels else f">= {min_levels}"
+        raise ValueError(f"features must be {count} positive widths ({meaning}), got {list(features)!r}")
     return feats

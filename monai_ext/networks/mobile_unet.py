@@ -16,7 +16,7 @@ from torch import nn
 
 from .base import SegmentationNetwork
 from .blocks import ActSpec, ConvNormAct, InvertedResidual, NormSpec, SeparableConv, UpSample, check_features
-from .stages import Decoder, SegHead
+from .stages import Decoder, SegHead, place_dropout
 
 __all__ = ["MobileUNet"]
 
@@ -64,7 +64,9 @@ class MobileUNet(SegmentationNetwork):
     Args:
         features: widths per level, shallow -> deep.
         expand_ratio: inverted-residual expansion (6 in MobileNetV2).
-        norm / act / dropout: as elsewhere (ReLU6 by default, as in MobileNetV2).
+        norm / act: as elsewhere (ReLU6 by default, as in MobileNetV2).
+        dropout / dropout_position: as in :class:`~monai_ext.networks.unet.UNet`; ``"all"`` drops after each
+            decoder block (the inverted residuals never drop).
         upsample / up_kernel_size: decoder up-sampling, see :class:`~monai_ext.networks.blocks.UpSample`.
         **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`.
     """
@@ -79,6 +81,7 @@ class MobileUNet(SegmentationNetwork):
         norm: NormSpec = "batch",
         act: ActSpec = "relu6",
         dropout: float = 0.0,
+        dropout_position: str = "bottleneck",
         upsample: str = "deconv",
         up_kernel_size: int = 2,
         **common: Any,
@@ -88,6 +91,7 @@ class MobileUNet(SegmentationNetwork):
         self.features = feats
         self.depth = len(feats)
         self.size_divisor = 2 ** (self.depth - 1)
+        dropout, self.bottleneck_dropout = place_dropout(spatial_dims, dropout, dropout_position)
         block = partial(SeparableConv, spatial_dims, norm=norm, act=act, dropout=dropout)
         up = partial(UpSample, spatial_dims, mode=upsample, kernel_size=up_kernel_size)
         dec = feats[-2::-1]
@@ -105,7 +109,7 @@ class MobileUNet(SegmentationNetwork):
 
     def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         feats = self.encoder(x)
-        outs = self.decoder(feats[-1], feats[-2::-1])
+        outs = self.decoder(self.bottleneck_dropout(feats[-1]), feats[-2::-1])
         aux: list[torch.Tensor] = []
         if self.wants_aux:
             aux = [head(outs[-2 - k]) for k, head in enumerate(self.aux_heads)]

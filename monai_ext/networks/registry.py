@@ -8,23 +8,23 @@ config fails at build time with the list of valid options, not deep inside a con
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
-
-from .base import COMMON_OPTIONS
+from .base import COMMON_OPTIONS, SegmentationNetwork
 from .eff_unet import EffUNet
 from .mobile_unet import MobileUNet
-from .res_unet import ResUNet
+from .res_unet import MonaiResUNet, ResUNet
 from .unet import UNet
 from .unet3p import UNet3Plus
 from .unetpp import UNetPlusPlus
 
-NETWORKS: dict[str, type[nn.Module]] = {
+NETWORKS: dict[str, type[SegmentationNetwork]] = {
     "unet": UNet,
     "unetpp": UNetPlusPlus,
     "unet3p": UNet3Plus,
     "res_unet": ResUNet,
+    "res_unet_monai": MonaiResUNet,
     "mobile_unet": MobileUNet,
     "eff_unet": EffUNet,
 }
@@ -45,7 +45,18 @@ def network_options(name: str) -> list[str]:
     return sorted({*own, *COMMON_OPTIONS})
 
 
-def _lookup(name: str) -> type[nn.Module]:
+def check_network_config(name: str, features: Sequence[int] | None = None, **options: Any) -> None:
+    """Check settings against ``name``'s own constraints without building anything (for config schemas).
+
+    Why: ``eff_unet`` needs exactly five widths, ``unetpp`` pruning needs deep supervision, ...; a schema
+    that asks here refuses such a config before any work starts, instead of a constructor failing after
+    ingest and preprocessing. Raises ValueError for an unknown name and
+    :class:`~monai_ext.networks.base.NetworkConfigError` (its ``option`` names the setting) otherwise.
+    """
+    _lookup(name).check_config(features, options)
+
+
+def _lookup(name: str) -> type[SegmentationNetwork]:
     try:
         return NETWORKS[name]
     except KeyError:
@@ -56,7 +67,7 @@ def _lookup(name: str) -> type[nn.Module]:
 
 def build_network(
     name: str, spatial_dims: int, in_channels: int, out_channels: int, **options: Any
-) -> nn.Module:
+) -> SegmentationNetwork:
     """Build a registered network; ValueError for an unknown name or option (listing the known ones)."""
     cls = _lookup(name)
     known = network_options(name)

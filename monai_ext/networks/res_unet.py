@@ -1,18 +1,37 @@
-"""Residual U-Net with strided-conv residual downsampling: the topology of MONAI's ``UNet(num_res_units=2)``.
+"""Residual U-Nets: ``res_unet`` is the literature's ResUNet, ``res_unet_monai`` MONAI's residual ``UNet``.
 
-Layout (``features`` = f0..f{n-1}, like MONAI's ``channels`` with all strides 2):
+``res_unet`` (:class:`ResUNet`; Zhang, Liu & Wang 2018, "Road Extraction by Deep Residual U-Net"),
+``features`` = f0..f{n-1} (paper: 64, 128, 256 and the bridge 512):
 
-* encoder level k (k = 0..n-2): a :class:`~monai_ext.networks.blocks.ResidualUnit` whose first conv has
-  stride 2 (and whose shortcut is a strided conv), so level k's f_k-wide map is at 1/2**(k+1) resolution;
-  no max-pool, the residual unit itself downsamples (ResUNet, Zhang et al. 2018; MONAI ``UNet``);
+* encoder level 0 stays at full resolution: the paper's input unit, conv -> norm -> act -> conv plus a
+  1x1 shortcut (no norm/act on the raw image);
+* encoder levels 1..n-2 and the bridge (level n-1): one :class:`PreActResidualUnit` each (norm -> act
+  -> conv, twice, plus shortcut) whose first conv has stride 2, so level k is at 1/2**k; no pooling, as in
+  the paper;
+* decoder stage at level k (deep -> shallow): x2 upsampling of the deeper map (parameter-free nearest by
+  default: the paper's "up-sampling"), concatenation with level k's skip, one pre-activation unit to f_k;
+  the last stage concatenates the full-resolution level-0 map (the skip MONAI's form lacks);
+* head: a 1x1 conv to ``out_channels``.
+
+The paper's 2D configuration (3 in, 1 out, features (64, 128, 256, 512)) has 8,220,993 parameters here
+against the 7.8M it reports (+5.4%). The difference is the 1x1 projection shortcuts, which the paper does
+not describe (431,680 parameters; without them 7,789,313, i.e. 7.8M); a unit that changes width cannot
+add its input without one, so reimplementations keep them, and so does this one.
+
+``res_unet_monai`` (:class:`MonaiResUNet`) keeps the topology of MONAI's ``UNet(num_res_units=2)``
+(``features`` like MONAI's ``channels``, all strides 2):
+
+* encoder level k (k = 0..n-2): a post-activation :class:`~monai_ext.networks.blocks.ResidualUnit` whose
+  first conv has stride 2 (and whose shortcut is a strided conv), so level k's f_k-wide map is at
+  1/2**(k+1) resolution: there is no full-resolution level and no full-resolution skip;
 * bottleneck: a stride-1 residual unit f{n-2} -> f{n-1} at 1/2**(n-1);
 * decoder stage k (deep -> shallow): concatenate level k's skip with the deeper map, then one
   up-convolution (stride 2, + norm + act) straight to level k-1's width and a one-conv residual unit;
   the top stage upsamples to ``out_channels`` and ends with a bare conv: it *is* the logit head.
 
-Every conv therefore runs below full resolution except the output stage, which is why this network is
-much cheaper than :class:`~monai_ext.networks.unet.UNet` at the same ``features``. With default options
-it has exactly the parameters and layers of ``monai.networks.nets.UNet(d, cin, cout, channels=features,
+Every conv of that form runs below full resolution except the output stage, which is why it is much
+cheaper than :class:`~monai_ext.networks.unet.UNet` at the same ``features``. With default options it has
+exactly the parameters and layers of ``monai.networks.nets.UNet(d, cin, cout, channels=features,
 strides=(2,) * (n - 1), num_res_units=2, norm="batch", act="relu")`` (the benchmark's twin); on top it
 adds this package's options (deep supervision, CGM, awkward input sizes).
 """
@@ -20,16 +39,157 @@ adds this package's options (deep supervision, CGM, awkward input sizes).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
+from monai.networks.layers.factories import Conv, Dropout
 from torch import nn
 
 from .base import SegmentationNetwork
-from .blocks import ActSpec, NormSpec, ResidualUnit, UpSample, add_norm_act_dropout, check_features
-from .stages import SegHead
+from .blocks import (
+    ActSpec,
+    NormSpec,
+    ResidualUnit,
+    UpSample,
+    add_norm_act_dropout,
+    check_features,
+    interp_mode,
+    make_act,
+    make_norm,
+)
+from .stages import DecoderStage, SegHead, place_dropout
 
-__all__ = ["ResUNet"]
+__all__ = ["MonaiResUNet", "PreActResidualUnit", "ResUNet"]
+
+_UPSAMPLE_MODES = ("nearest", "linear", "deconv")
+
+
+class PreActResidualUnit(nn.Module):
+    """Pre-activation residual unit (He et al. 2016): [norm -> act] -> conv -> norm -> act -> conv, + shortcut.
+
+    Why pre-activation (the ResUNet of Zhang et al. 2018 uses it): nothing follows the sum, so the
+    identity path carries features and gradients through every unit untouched. The first conv carries the
+    ``stride`` (the paper downsamples this way instead of pooling); the shortcut is the identity, or a
+    1x1 conv (strided alike) when the width or resolution changes. ``preactivate=False`` drops the leading
+    norm -> act: the paper's input unit convolves the image rather than rectify raw intensities. Dropout
+    (if any) sits between the two convs, as in wide ResNets.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        kernel_size: int = 3,
+        norm: NormSpec = "batch",
+        act: ActSpec = "relu",
+        dropout: float = 0.0,
+        bias: bool = True,
+        preactivate: bool = True,
+    ) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+
+        def norm_act(channels: int) -> list[nn.Module]:
+            return [m for m in (make_norm(norm, spatial_dims, channels), make_act(act)) if m is not None]
+
+        layers = norm_act(in_channels) if preactivate else []
+        layers.append(conv(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias))
+        layers += norm_act(out_channels)
+        if dropout:
+            layers.append(Dropout[Dropout.DROPOUT, spatial_dims](dropout))
+        layers.append(conv(out_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias))
+        self.body = nn.Sequential(*layers)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = conv(in_channels, out_channels, 1, stride=stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
+def width_keeping_upsample(spatial_dims: int, channels: int, mode: str, bias: bool) -> nn.Module:
+    """x2 upsampling that keeps the width: the paper's decoder concatenates the upsampled map as it is."""
+    if mode == "deconv":
+        return UpSample(spatial_dims, channels, channels, "deconv", kernel_size=2, bias=bias)
+    if mode == "linear":
+        return nn.Upsample(scale_factor=2.0, mode=interp_mode(spatial_dims), align_corners=False)
+    return nn.Upsample(scale_factor=2.0, mode="nearest")
+
+
+class ResUNet(SegmentationNetwork):
+    """Residual U-Net of Zhang et al. 2018: pre-activation units, a full-resolution level (module docstring).
+
+    Args:
+        features: widths per level, shallow -> deep, the last one the bridge (paper: 64, 128, 256, 512);
+            ``len(features)`` levels halve the resolution ``len(features) - 1`` times.
+        norm / act / dropout / bias: as in :class:`~monai_ext.networks.unet.UNet` (paper: batch norm, ReLU);
+            dropout sits between the two convs of every unit with ``dropout_position="all"``, once on the
+            bridge's output with ``"bottleneck"`` (the default, the U-Net paper's place).
+        upsample: "nearest" (default, parameter-free), "linear" (bi/trilinear, parameter-free) or "deconv"
+            (a 2x2 transposed conv keeping the width).
+        **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`. Deep-supervision heads (1x1)
+            tap the decoder stages at 1/2 ... 1/2**(n-2) resolution; CGM sits on the bridge.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: Sequence[int] = (32, 64, 128, 256, 512),
+        norm: NormSpec = "batch",
+        act: ActSpec = "relu",
+        dropout: float = 0.0,
+        dropout_position: str = "bottleneck",
+        bias: bool = True,
+        upsample: str = "nearest",
+        **common: Any,
+    ) -> None:
+        super().__init__(spatial_dims, in_channels, out_channels, **common)
+        if upsample not in _UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {_UPSAMPLE_MODES}, got {upsample!r}")
+        feats = check_features(features)
+        self.features = feats
+        self.depth = len(feats)
+        self.size_divisor = 2 ** (self.depth - 1)
+        dropout, self.bottleneck_dropout = place_dropout(spatial_dims, dropout, dropout_position)
+        unit = partial(PreActResidualUnit, spatial_dims, norm=norm, act=act, dropout=dropout, bias=bias)
+        chans = (in_channels, *feats)
+        # level 0: the paper's input unit at full resolution; deeper levels downsample in their first conv
+        self.encoder = nn.ModuleList(
+            unit(chans[k], chans[k + 1], stride=1 if k == 0 else 2, preactivate=k > 0) for k in range(self.depth)
+        )
+        # decoder[j] builds level depth-2-j (deep -> shallow): upsample, cat the level's skip, one unit
+        self.decoder = nn.ModuleList(
+            DecoderStage(width_keeping_upsample(spatial_dims, cin, upsample, bias), unit(skip + cin, skip))
+            for cin, skip in zip(feats[:0:-1], feats[-2::-1], strict=True)
+        )
+        self.head = SegHead(spatial_dims, feats[0], out_channels)
+        self.aux_heads = (
+            nn.ModuleList(SegHead(spatial_dims, feats[k], out_channels) for k in range(1, self.depth - 1))
+            if self.deep_supervision
+            else nn.ModuleList()
+        )
+        self._init_cgm(feats[-1])
+
+    def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        skips: list[torch.Tensor] = []
+        for unit in self.encoder:
+            x = unit(x)
+            skips.append(x)
+        deepest = skips.pop()
+        y = self.bottleneck_dropout(deepest)  # the CGM sees the bridge as encoded, the decoder its dropout
+        outs: list[torch.Tensor] = []  # deep -> shallow; outs[-1] is at full resolution
+        for stage, skip in zip(self.decoder, reversed(skips), strict=True):
+            y = stage(y, skip)
+            outs.append(y)
+        aux: list[torch.Tensor] = []
+        if self.wants_aux:  # levels 1 .. depth-2, high -> low resolution
+            aux = [head(outs[-2 - k]) for k, head in enumerate(self.aux_heads)]
+        return self.head(outs[-1]), aux, deepest
 
 
 class _UpStage(nn.Sequential):
@@ -71,8 +231,8 @@ class _UpStage(nn.Sequential):
         )
 
 
-class ResUNet(SegmentationNetwork):
-    """Residual U-Net (MONAI ``UNet`` residual topology, see module docstring).
+class MonaiResUNet(SegmentationNetwork):
+    """Residual U-Net with MONAI ``UNet``'s residual topology (``res_unet_monai``, see module docstring).
 
     Args:
         features: widths per level, shallow -> deep (MONAI's ``channels``); ``len(features)`` levels halve

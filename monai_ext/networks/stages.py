@@ -14,6 +14,25 @@ from torch import nn
 
 from .blocks import BlockFactory, center_crop
 
+#: where ``dropout`` goes: "bottleneck" (U-Net paper: end of the contracting path) or "all" (after every conv).
+DROPOUT_POSITIONS = ("bottleneck", "all")
+
+
+def place_dropout(spatial_dims: int, dropout: float, position: str = "bottleneck") -> tuple[float, nn.Module]:
+    """Split ``dropout`` into (rate after every block conv, module applied once to the bottleneck output).
+
+    Why: the U-Net paper drops out at the end of the contracting path, as implicit augmentation of the
+    deepest, most abstract features; dropping after every conv (``"all"``, this package's old behaviour)
+    also thins the high-resolution maps that carry the boundaries. The module is an Identity at rate 0.
+    """
+    if position not in DROPOUT_POSITIONS:
+        raise ValueError(f"dropout_position must be one of {', '.join(DROPOUT_POSITIONS)}, got {position!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if position == "all" or not dropout:
+        return dropout, nn.Identity()
+    return 0.0, Dropout[Dropout.DROPOUT, spatial_dims](dropout)
+
 
 class Encoder(nn.Module):
     """Plain U-Net encoder: level 0 = block(in, f0); level i = max-pool 2 -> block(f_{i-1}, f_i).

@@ -21,7 +21,7 @@ from torch import nn
 
 from .base import SegmentationNetwork
 from .blocks import ActSpec, BlockFactory, DoubleConv, NormSpec, UpSample, check_features
-from .stages import Decoder, Encoder, SegHead
+from .stages import Decoder, Encoder, SegHead, place_dropout
 
 __all__ = ["UNet", "valid_unet_input_size", "valid_unet_output_size"]
 
@@ -97,9 +97,11 @@ class UNet(SegmentationNetwork):
 
     Args:
         features: widths per level, shallow -> deep; ``len(features)`` is the depth (levels incl. bottleneck).
-        norm: None (paper), "batch", "instance" or any MONAI norm spec.
-        act: MONAI activation spec (ReLU in the paper).
-        dropout: dropout after every conv (0 = off).
+        norm: None (paper), "batch", "instance", "group" (8 groups) or any MONAI norm spec.
+        act: MONAI activation spec (ReLU in the paper); convs before a ReLU get He init (paper).
+        dropout: dropout rate (0 = off).
+        dropout_position: "bottleneck" (once, on the deepest features: the paper's "end of the contracting
+            path") or "all" (after every conv).
         bias: conv bias (the paper and the UNet 3+ reference code keep it even with batch norm).
         padding: "same" (default) or "valid" (paper form, output smaller than input).
         upsample: "deconv" (transposed conv, paper) or "nontrainable" (interpolation + 1x1 conv).
@@ -118,6 +120,7 @@ class UNet(SegmentationNetwork):
         norm: NormSpec = "batch",
         act: ActSpec = "relu",
         dropout: float = 0.0,
+        dropout_position: str = "bottleneck",
         bias: bool = True,
         padding: str = "same",
         upsample: str = "deconv",
@@ -135,6 +138,7 @@ class UNet(SegmentationNetwork):
         self.size_divisor = 2 ** (self.depth - 1)
         self.pads_input = padding == "same"
 
+        dropout, self.bottleneck_dropout = place_dropout(spatial_dims, dropout, dropout_position)
         block = self.level_block(
             spatial_dims, norm=norm, act=act, dropout=dropout, bias=bias, padding=padding
         )
@@ -165,7 +169,8 @@ class UNet(SegmentationNetwork):
 
     def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         feats = self.encoder(x)
-        outs = self.decoder(feats[-1], feats[-2::-1])  # deep -> shallow; outs[-1] is full resolution
+        # deep -> shallow; outs[-1] is full resolution
+        outs = self.decoder(self.bottleneck_dropout(feats[-1]), feats[-2::-1])
         aux: list[torch.Tensor] = []
         if self.wants_aux:
             aux = [head(outs[-2 - k]) for k, head in enumerate(self.aux_heads)]

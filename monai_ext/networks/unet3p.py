@@ -1,10 +1,17 @@
 """UNet 3+ (Huang et al., ICASSP 2020): full-scale skip connections, full-scale deep supervision, CGM.
 
-Decoder stage at level i receives *every* scale, each through a 3x3 conv to ``cat_channels`` (64):
+Decoder stage at level i receives *every* scale, each through a 3x3 conv to ``cat_channels``:
 shallower encoder maps are max-pooled down by 2**(i-s), the same-level encoder map passes as is, deeper
 decoder maps (and the bottom encoder map) are bi/trilinearly upsampled. The ``depth * cat_channels``
-(5 x 64 = 320) concatenation is fused by one conv+norm+ReLU. The stages are built by a loop over levels
-(the reference code unrolls ~100 layer definitions by hand).
+(paper: 5 x 64 = 320) concatenation is fused by one conv+norm+ReLU. The stages are built by a loop over
+levels (the reference code unrolls ~100 layer definitions by hand).
+
+Branch width: ``cat_channels`` defaults to the first encoder width, the reference code's rule
+(``CatChannels = filters[0]``): 64 for the paper's widths 64..1024, but it shrinks with the encoder. A
+fixed 64 at small widths makes the decoder dominate: at widths 16..256 on a 256x256 image the
+full-resolution fusion conv alone (320 -> 320, 3x3) costs 20x a whole U-Net's forward FLOPs, the network
+46x; with the rule (16-wide branches) it costs 4.1x, two thirds of it in the full-resolution stage
+(five branch convs and the fusion at full resolution: UNet 3+'s design, not a tuning choice).
 
 Deep supervision: a 3x3 head on each decoder stage and on the bottleneck (paper: upsampled to full size;
 here per ``aux_resolution``, see :mod:`monai_ext.networks.outputs`). CGM: ``cgm=True`` (shared
@@ -25,7 +32,7 @@ from torch import nn
 
 from .base import SegmentationNetwork
 from .blocks import ActSpec, ConvNormAct, DoubleConv, NormSpec, check_features, resize_to
-from .stages import Encoder, SegHead
+from .stages import Encoder, SegHead, place_dropout
 
 __all__ = ["UNet3Plus"]
 
@@ -70,9 +77,10 @@ class UNet3Plus(SegmentationNetwork):
 
     Args:
         features: encoder widths per level (paper: 64..1024).
-        cat_channels: width of every full-scale branch (64 in the paper); decoder width is
-            depth * cat_channels.
-        norm / act / dropout / bias: as in :class:`~monai_ext.networks.unet.UNet` (paper: batch norm, ReLU).
+        cat_channels: width of every full-scale branch; default (None) ``features[0]``, the reference
+            code's rule (64 for the paper's widths). The decoder width is depth * cat_channels.
+        norm / act / dropout / dropout_position / bias: as in :class:`~monai_ext.networks.unet.UNet`
+            (paper: batch norm, ReLU).
         head_kernel_size: output conv kernel (3 in the reference code).
         **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`; aux heads = decoder stages
             1 .. depth-2 then the bottleneck (high -> low resolution).
@@ -84,20 +92,26 @@ class UNet3Plus(SegmentationNetwork):
         in_channels: int,
         out_channels: int,
         features: Sequence[int] = (32, 64, 128, 256, 512),
-        cat_channels: int = 64,
+        cat_channels: int | None = None,
         norm: NormSpec = "batch",
         act: ActSpec = "relu",
         dropout: float = 0.0,
+        dropout_position: str = "bottleneck",
         bias: bool = True,
         head_kernel_size: int = 3,
         **common: Any,
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels, **common)
         feats = check_features(features)
+        cat_channels = feats[0] if cat_channels is None else int(cat_channels)
+        if cat_channels <= 0:
+            raise ValueError(f"cat_channels must be a positive width, got {cat_channels}")
         self.features = feats
+        self.cat_channels = cat_channels
         self.depth = depth = len(feats)
         self.size_divisor = 2 ** (depth - 1)
         up_channels = cat_channels * depth
+        dropout, self.bottleneck_dropout = place_dropout(spatial_dims, dropout, dropout_position)
         block = partial(DoubleConv, spatial_dims, norm=norm, act=act, dropout=dropout, bias=bias)
         conv = partial(ConvNormAct, spatial_dims, kernel_size=3, norm=norm, act=act, bias=bias)
 
@@ -119,9 +133,11 @@ class UNet3Plus(SegmentationNetwork):
 
     def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         sources = self.encoder(x)  # levels 0..depth-1; replaced by decoder maps as they are computed
+        bottleneck = sources[-1]  # the CGM classifies the features as encoded, before the decoder's dropout
+        sources[-1] = self.bottleneck_dropout(bottleneck)
         for stage in self.stages:
             sources = [*sources[: stage.level], stage(sources), *sources[stage.level + 1 :]]
         aux: list[torch.Tensor] = []
         if self.wants_aux:  # decoder levels 1..depth-2, then the bottleneck
             aux = [head(sources[k + 1]) for k, head in enumerate(self.aux_heads)]
-        return self.head(sources[0]), aux, sources[-1]
+        return self.head(sources[0]), aux, bottleneck

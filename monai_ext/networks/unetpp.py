@@ -13,16 +13,16 @@ because an untrained head is useless to prune to.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import SegmentationNetwork
+from .base import NetworkConfigError, SegmentationNetwork
 from .blocks import ActSpec, DoubleConv, NormSpec, UpSample, check_features
-from .stages import Encoder, SegHead
+from .stages import Encoder, SegHead, place_dropout
 
 __all__ = ["UNetPlusPlus"]
 
@@ -32,7 +32,8 @@ class UNetPlusPlus(SegmentationNetwork):
 
     Args:
         features: widths per level, shallow -> deep (paper: 32..512; UNet 3+ comparison: 64..1024).
-        norm / act / dropout / bias / upsample / up_kernel_size: as in :class:`~monai_ext.networks.unet.UNet`.
+        norm / act / dropout / dropout_position / bias / upsample / up_kernel_size: as in
+            :class:`~monai_ext.networks.unet.UNet` (the bottleneck dropout acts on X^{depth-1,0}).
         prune_level: 1 .. depth-1, or None for the full network (eval only; see module docstring).
         **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`.
     """
@@ -46,6 +47,7 @@ class UNetPlusPlus(SegmentationNetwork):
         norm: NormSpec = "batch",
         act: ActSpec = "relu",
         dropout: float = 0.0,
+        dropout_position: str = "bottleneck",
         bias: bool = True,
         upsample: str = "deconv",
         up_kernel_size: int = 2,
@@ -57,6 +59,7 @@ class UNetPlusPlus(SegmentationNetwork):
         self.features = feats
         self.depth = len(feats)
         self.size_divisor = 2 ** (self.depth - 1)
+        dropout, self.bottleneck_dropout = place_dropout(spatial_dims, dropout, dropout_position)
         block = partial(DoubleConv, spatial_dims, norm=norm, act=act, dropout=dropout, bias=bias)
         up = partial(UpSample, spatial_dims, mode=upsample, kernel_size=up_kernel_size, bias=bias)
 
@@ -80,6 +83,21 @@ class UNetPlusPlus(SegmentationNetwork):
         self.prune_level: int | None = None
         self.prune(prune_level)
 
+    @classmethod
+    def check_config(cls, features: Sequence[int] | None, options: Mapping[str, Any]) -> None:
+        """Also refuse a ``prune_level`` the network would not have a trained head for."""
+        super().check_config(features, options)
+        level = options.get("prune_level")
+        if level is None or features is None:
+            return
+        last = len(features) - 1
+        if not 1 <= level <= last:
+            raise NetworkConfigError("prune_level", f"prune_level must be in 1..{last} or None, got {level}")
+        if level < last and not options.get("deep_supervision"):
+            raise NetworkConfigError("prune_level", "prune_level below the last level needs deep_supervision=True")
+        if level < last and options.get("cgm_gate"):
+            raise NetworkConfigError("prune_level", "cgm_gate needs the bottleneck, which a pruned UNet++ skips")
+
     def prune(self, level: int | None) -> UNetPlusPlus:
         """Select the inference sub-network (UNet++ L``level``); None restores the full network."""
         if level is not None:
@@ -99,7 +117,10 @@ class UNetPlusPlus(SegmentationNetwork):
         grid = [[f] for f in self.encoder(x, num_levels=level + 1)]
         for j in range(1, level + 1):
             for i in range(level + 1 - j):
-                up = self.ups[i][j - 1](grid[i + 1][j - 1])
+                below = grid[i + 1][j - 1]
+                if i + 2 == self.depth:  # the bottleneck X^{depth-1,0}: end of the contracting path
+                    below = self.bottleneck_dropout(below)
+                up = self.ups[i][j - 1](below)
                 grid[i].append(self.nodes[i][j - 1](torch.cat([*grid[i][:j], up], dim=1)))
         return grid
 

@@ -9,11 +9,15 @@ JSON form (``plan.json``, ``Plan.model_dump(mode="json")``)::
     {"version": 1,
      "spatial_dims": 2,                       # 2: X×Y images (Z = 1), 3: volumes
      "in_channels": 1, "num_classes": 2,      # network input channels / output classes (background included)
-     "label_names": {"background": 0, "cell": 1},
+     "label_names": {"background": 0, "cell": 1},   # what each class means, as ingest resolved it (dataset.json)
      "normalization": {"channels": [{"scheme": "zscore"}]},   # per channel: zscore | none | ct (+ clip/mean/std)
      "intensity_statistics": {"cases": [...], "channels": [{"fg_mean": …, "fg_std": …, …}]},
      "patch_size": [48, 48],                  # training patch and default sliding-window size, voxels
      "weight_maps": true,                     # cases carry the U-Net weight map
+     "weight_map_objects": "instances",       # what the border term separates: "instances" (given instance maps:
+                                              # instancesTr/ or data.instance_labels) | "connected_components"
+                                              # (none given: each class split into its connected components,
+                                              # so touching objects of one class count as one) | null (no maps)
      "split": {"train": [...], "val": [...], "test": [...]},
      "network": {"name": "unet", "features": [16, 32, 64, 128], "norm": "batch", "options": {}}}
 
@@ -104,6 +108,7 @@ class Plan(_Frozen):
     intensity_statistics: IntensityStatistics | None = None
     patch_size: tuple[int, ...]
     weight_maps: bool = False
+    weight_map_objects: Literal["instances", "connected_components"] | None = None
     split: Split
     network: NetworkSpec
 
@@ -123,6 +128,8 @@ class Plan(_Frozen):
         if len(self.normalization.channels) != self.in_channels:
             raise ValueError(f"normalization has {len(self.normalization.channels)} channels, "
                              f"in_channels is {self.in_channels}")
+        if self.weight_map_objects is not None and not self.weight_maps:
+            raise ValueError(f"weight_map_objects is {self.weight_map_objects!r} but weight_maps is false")
         if sorted(self.label_names.values()) != list(range(self.num_classes)):
             raise ValueError(f"label_names {self.label_names} do not number the {self.num_classes} classes 0..N-1")
         return self

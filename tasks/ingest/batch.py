@@ -1,7 +1,9 @@
 """The batch: discover the cases, remember the last run, write ``dataset.json`` and ``rejected.json``.
 
 Every write is atomic, so a run killed half-way leaves whole files only, and the next run ends with
-exactly the dataset an uninterrupted run gives.
+exactly the dataset an uninterrupted run gives. A dataset refused as a whole (``DatasetRejected``: the
+classes or channels unknown or contradictory) is refused by :func:`plan_ingest`, before anything in the
+dataset folder is touched: the last good dataset stays as it was, and the error says why.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any
 from tasks.common.atomic import write_json
 from tasks.common.names import printable, redact
 from tasks.config import DataConfig
-from tasks.imaging.nifti_files import NIFTI_SUFFIXES, strip_nifti_suffix
 from tasks.ingest.case import CaseResult, ingest_case
+from tasks.ingest.dataset_json import agreed_labels, check_instance_settings, check_modality
 from tasks.ingest.index import INDEX_FILE, INGEST_VERSION, IngestSettings, read_index
 from tasks.ingest.sources import CaseSource, Discovery, Problem, discover
 
@@ -32,19 +34,27 @@ class IngestPlan:
     problems: list[CaseResult]
     previous: list[dict | None]
     modality: str
+    settings: IngestSettings  # with the classes resolved (dataset.json's, or data.label_names)
     ignored: list[dict[str, str]] = field(default_factory=list)  # files no case uses: {"file", "reason"}
+    channel_names: tuple[str, ...] | None = None  # dataset.json's, in channel order (None: the source names none)
 
 
 def plan_ingest(raw: Path, output_dir: Path, data: DataConfig) -> IngestPlan:
-    """Discover the cases, clear leftovers of a killed run, and recall what the last run made of each."""
-    _remove_temporaries(output_dir)
+    """Discover the cases and decide what their labels mean, then clear leftovers of a killed run and
+    recall what the last run made of each. Raises ``DatasetRejected`` (nothing touched) when the classes
+    cannot be known or params.yaml contradicts ``dataset.json``."""
     found = discover(raw, data)
+    labels = agreed_labels(data.label_names, found.labels, found.kind)
+    check_instance_settings(data.instance_labels, labels, found.instance_folder)
+    check_modality(data.modality, found.channel_names)
+    _remove_temporaries(output_dir)
     sources, clashes = _split_case_clashes(found.sources)
     problems = [CaseResult(p.case_id, False, p.reason, code=p.code) for p in [*found.problems, *clashes]]
     index = read_index(output_dir)
     modality = data.modality if data.modality != "auto" else (found.modality or "unknown")
     return IngestPlan(found.kind, sources, problems, [index.get(s.case_id) for s in sources], modality,
-                      ignored_files(raw, found, data.test_images_dir))
+                      IngestSettings.from_config(data, labels), ignored_files(raw, found, data.test_images_dir),
+                      found.channel_names)
 
 
 def _split_case_clashes(sources: list[CaseSource]) -> tuple[list[CaseSource], list[Problem]]:
@@ -84,8 +94,9 @@ def finish_ingest(output_dir: Path, plan: IngestPlan, case_results: Iterable[Cas
                   settings: IngestSettings) -> tuple[dict, list[CaseResult]]:
     """Write ``dataset.json``, ``rejected.json`` and the index; drop outputs of cases no longer accepted."""
     results = sorted([*plan.problems, *case_results], key=lambda r: (r.case_id, r.reason))
-    _reject_odd_ones(results, "channels", lambda r: r.record["channels"],
-                     lambda c: f"image with {c} channel(s)", lambda c: f"has {c} channel(s)")
+    _reject_odd_ones(results, "channels", lambda r: r.record["channels"], lambda c: f"image with {c} channel(s)",
+                     lambda c: f"has {c} channel(s)", len(plan.channel_names) if plan.channel_names else None,
+                     "dataset.json")
     declared = settings.spatial_dims if settings.spatial_dims != "auto" else None
     _reject_odd_ones(results, "dimensions", _dims_of, lambda d: f"{d}D image", lambda d: f"is {d}D", declared)
     index = {r.case_id: {"fingerprint": r.fingerprint, "accepted": r.accepted, "reason": r.reason, "code": r.code,
@@ -96,6 +107,7 @@ def finish_ingest(output_dir: Path, plan: IngestPlan, case_results: Iterable[Cas
         "name": "unetflow-dataset",
         "source": plan.kind,
         "modality": plan.modality,
+        "channel_names": list(plan.channel_names) if plan.channel_names else None,
         "labels": settings.label_names,
         "instance_labels": settings.instance_labels,
         "num_cases": len(cases),
@@ -108,7 +120,7 @@ def finish_ingest(output_dir: Path, plan: IngestPlan, case_results: Iterable[Cas
         "ignored": plan.ignored})
     _write_json_if_changed(output_dir / INDEX_FILE, {"version": INGEST_VERSION, "settings": settings.key(),
                                                      "cases": index})
-    _remove_stale(output_dir, {c["case_id"] for c in cases}, settings.instance_labels)
+    _remove_stale(output_dir, {rel for c in cases for rel in c["files"].values()})
     return manifest, results
 
 
@@ -118,15 +130,16 @@ def _dims_of(result: CaseResult) -> int:
 
 
 def _reject_odd_ones(results: list[CaseResult], code: str, key: Callable[[CaseResult], Any],
-                     what: Callable[[Any], str], others: Callable[[Any], str], required: Any = None) -> None:
+                     what: Callable[[Any], str], others: Callable[[Any], str], required: Any = None,
+                     declared_in: str = "params.yaml") -> None:
     """One network input per dataset: every accepted case must agree on ``key`` (channels, 2D vs 3D).
-    ``required`` (declared in params.yaml) decides; otherwise the most common value, ties to the smaller."""
+    ``required`` (declared in ``declared_in``) decides; otherwise the most common value, ties to the smaller."""
     accepted = [r for r in results if r.accepted]
     counts = Counter(key(r) for r in accepted)
     if required is None and len(counts) <= 1:
         return
     usual = required if required is not None else max(counts, key=lambda c: (counts[c], -c))
-    rest = "the dataset (declared in params.yaml)" if required is not None else "the rest of the dataset"
+    rest = f"the dataset (declared in {declared_in})" if required is not None else "the rest of the dataset"
     for result in accepted:
         if key(result) != usual:
             result.accepted = False
@@ -139,8 +152,8 @@ def _reject_odd_ones(results: list[CaseResult], code: str, key: Callable[[CaseRe
 def ingest_dataset(raw: Path, output_dir: Path, data: DataConfig, workers: int = 1,
                    map_fn: Callable[..., Iterable[CaseResult]] | None = None) -> tuple[dict, list[CaseResult]]:
     """The whole ingest without Prefect (tests, benchmarks): plan, convert in parallel, finish."""
-    settings = IngestSettings.from_config(data)
     plan = plan_ingest(raw, output_dir, data)
+    settings = plan.settings
 
     def one(args: tuple[CaseSource, dict | None]) -> CaseResult:
         return ingest_case(args[0], output_dir, settings, args[1])
@@ -188,11 +201,10 @@ def _remove_temporaries(output_dir: Path) -> None:
                 path.unlink()
 
 
-def _remove_stale(output_dir: Path, keep: set[str], instance_labels: bool) -> None:
-    """Cases no longer in the source (or now rejected) must not linger in the canonical folder."""
+def _remove_stale(output_dir: Path, keep: set[str]) -> None:
+    """Files of cases no longer in the source (or now rejected, or without an instance map now) must not
+    linger in the canonical folder: only the files the manifest lists stay (``keep``, relative paths)."""
     for folder in OUTPUT_FOLDERS:
         for path in (output_dir / folder).glob("*"):
-            stem = strip_nifti_suffix(path.name)
-            if path.is_file() and (stem not in keep or not path.name.endswith(NIFTI_SUFFIXES[0])
-                                   or (folder == "instancesTr" and not instance_labels)):
+            if path.is_file() and path.relative_to(output_dir).as_posix() not in keep:
                 path.unlink()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -86,27 +86,30 @@ def read_image(source: CaseSource, settings: IngestSettings) -> tuple[np.ndarray
 
 
 def read_label(source: CaseSource, series: Any, image_shape: tuple[int, ...], image_affine: np.ndarray,
-               settings: IngestSettings) -> np.ndarray:
-    """Integer label on the image's RAS grid; any geometry mismatch is a rejection, never a resample."""
-    assert source.label is not None
-    name = source.name(source.label)
-    if source.label_kind == "seg":
-        data, affine = to_ras(read_seg(source.label, series, source.name), series.affine)
+               settings: IngestSettings, which: Literal["label", "instances"] = "label") -> np.ndarray:
+    """Integer label (or, ``which="instances"``, instance map) on the image's RAS grid; any geometry
+    mismatch is a rejection, never a resample."""
+    path = source.label if which == "label" else source.instances
+    assert path is not None
+    name, what = source.name(path), "label" if which == "label" else "instance map"
+    code = "label_values" if which == "label" else "instances"
+    if which == "label" and source.label_kind == "seg":
+        data, affine = to_ras(read_seg(path, series, source.name), series.affine)
     else:
-        data, affine = to_ras(*load_nifti(source.label, name, "label", settings))
-    check_same_grid(image_shape, image_affine, data.shape, affine, settings.tolerance, "label", name)
+        data, affine = to_ras(*load_nifti(path, name, "label", settings))
+    check_same_grid(image_shape, image_affine, data.shape, affine, settings.tolerance, what, name)
     if np.issubdtype(data.dtype, np.floating):
         if not np.isfinite(data).all():
-            raise CaseRejected(f"{name}: label holds NaN or infinite values", code="label_values")
+            raise CaseRejected(f"{name}: {what} holds NaN or infinite values", code=code)
         if not np.all(np.equal(np.mod(data, 1), 0)):
-            raise CaseRejected(f"{name}: label values are not integers", code="label_values")
+            raise CaseRejected(f"{name}: {what} values are not integers", code=code)
     elif not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
-        raise CaseRejected(f"{name}: label voxels are not numbers ({data.dtype})", code="label_values")
+        raise CaseRejected(f"{name}: {what} voxels are not numbers ({data.dtype})", code=code)
     if not np.issubdtype(data.dtype, np.integer):  # floats holding integers, or bool; integer labels stay as they are
         data = data.astype(np.int64)
     if data.size and data.min() < 0:
-        raise CaseRejected(f"{name}: negative label values {sorted(set(np.unique(data[data < 0]).tolist()))[:5]}",
-                           code="label_values")
+        raise CaseRejected(f"{name}: negative {what} values {sorted(set(np.unique(data[data < 0]).tolist()))[:5]}",
+                           code=code)
     return data
 
 
@@ -142,7 +145,9 @@ def ingest_case(source: CaseSource, output_dir: Path, settings: IngestSettings,
             raise CaseRejected(source.missing_label or f"{source.name(source.image)}: no label", code="no_label")
         label = read_label(source, series, image.shape, affine, settings)
         label_name = source.name(source.label) if source.label else "label"
-        classes, instances = label_arrays(label, label_name, settings)
+        given = read_label(source, series, image.shape, affine, settings, "instances") if source.instances else None
+        classes, instances = label_arrays(label, label_name, settings, given,
+                                          source.name(source.instances) if source.instances else "")
         warnings = [] if classes.any() else [f"{label_name}: label is empty (no foreground)"]
         files = {"image": f"imagesTr/{source.case_id}.nii.gz", "label": f"labelsTr/{source.case_id}.nii.gz"}
         arrays = {"image": image, "label": classes}
@@ -180,5 +185,8 @@ def _source_record(source: CaseSource) -> dict[str, Any]:
     if source.kind == "dicom":  # no paths: DICOM folder names are too often patient names
         return {"kind": "dicom", "slices": len(source.images), "label": source.label_kind}
     names = [source.name(p) for p in source.images]
-    return {"kind": "nifti", "image": names[0], "images": names,
-            "label": source.name(source.label) if source.label else None}
+    record = {"kind": "nifti", "image": names[0], "images": names,
+              "label": source.name(source.label) if source.label else None}
+    if source.instances is not None:
+        record["instances"] = source.name(source.instances)
+    return record

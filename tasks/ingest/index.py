@@ -17,7 +17,7 @@ from tasks.config import DataConfig
 from tasks.ingest.sources import CaseSource
 
 #: Bump when the output of an unchanged input would change, so the index does not skip it.
-INGEST_VERSION = 3
+INGEST_VERSION = 4  # 4: labels keep their classes, instance maps only from instancesTr/ or instance_labels
 
 
 INDEX_FILE = "sources.json"
@@ -25,7 +25,10 @@ INDEX_FILE = "sources.json"
 
 @dataclass(frozen=True)
 class IngestSettings:
-    """What validating a case depends on (a plain value, so it maps cheaply onto workers)."""
+    """What validating a case depends on (a plain value, so it maps cheaply onto workers).
+
+    ``label_names`` are the resolved classes (``dataset.json``'s, or ``data.label_names``), never ``auto``.
+    """
 
     label_names: dict[str, int]
     instance_labels: bool
@@ -35,8 +38,14 @@ class IngestSettings:
     spatial_dims: Literal["auto", 2, 3] = "auto"  # declared by data.spatial_dims; 2 lets a DICOM slice be a case
 
     @classmethod
-    def from_config(cls, data: DataConfig) -> IngestSettings:
-        return cls(dict(data.label_names), data.instance_labels, data.geometry_tolerance,
+    def from_config(cls, data: DataConfig, label_names: dict[str, int] | None = None) -> IngestSettings:
+        """``label_names``: the classes discovery resolved (:func:`tasks.ingest.batch.plan_ingest` passes
+        them); without them ``data.label_names`` must be explicit."""
+        if label_names is None:
+            if data.label_names == "auto":
+                raise ValueError("data.label_names is auto: resolve it from the source first (plan_ingest)")
+            label_names = dict(data.label_names)
+        return cls(dict(label_names), data.instance_labels, data.geometry_tolerance,
                    data.slice_spacing_tolerance, data.max_voxels, data.spatial_dims)
 
     def key(self) -> str:
@@ -52,7 +61,8 @@ def fingerprint(source: CaseSource, settings: IngestSettings) -> str:
     if source.kind == "dicom":
         images.sort()  # slice order comes from the headers, not from file names
     payload = {"kind": source.kind, "label_kind": source.label_kind, "settings": settings.key(),
-               "images": images, "label": sha256_file(source.label) if source.label else None}
+               "images": images, "label": sha256_file(source.label) if source.label else None,
+               "instances": sha256_file(source.instances) if source.instances else None}
     return json_digest(payload)
 
 

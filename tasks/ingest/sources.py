@@ -1,8 +1,9 @@
 """Discovery: the three kinds of inbox → a list of cases (and a named problem for every odd file).
 
 * ``nnunet`` — an nnU-Net raw or MSD folder: ``imagesTr/<case>_0000.nii.gz`` (one file per channel,
-  stacked to X×Y×Z×C) or ``imagesTr/<case>.nii.gz`` (MSD, possibly already 4D), ``labelsTr/<case>``;
-  ``dataset.json`` (optional) names the modality and the number of channels.
+  stacked to X×Y×Z×C) or ``imagesTr/<case>.nii.gz`` (MSD, possibly already 4D), ``labelsTr/<case>``,
+  optionally ``instancesTr/<case>`` (instance maps, each instance inside one class); ``dataset.json``
+  (required, :mod:`tasks.ingest.dataset_json`) says what the label values and the channels are.
 * ``pairs`` — NIfTI pairs anywhere under the inbox, matched by ``image_pattern``/``label_pattern``.
 * ``dicom`` — DICOM trees: series by SeriesInstanceUID across nested folders, labels as NIfTI
   (``label_pattern``, ``{case}`` = the pseudonymous case ID) or as a DICOM SEG referencing the series.
@@ -13,7 +14,6 @@ header, a duplicate case) becomes a rejected entry with its own reason.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -24,6 +24,10 @@ from tasks.common.names import carries_identity, printable, pseudonym, redact, s
 from tasks.config import DataConfig
 from tasks.imaging.dicom_headers import SliceHeader, scan
 from tasks.imaging.nifti_files import channel_of, strip_nifti_suffix
+from tasks.ingest.dataset_json import agreed_labels, check_num_training, read_dataset_json
+
+#: Where an nnU-Net-layout inbox keeps instance maps (beside ``labelsTr/``, same case names).
+INSTANCES_DIR = "instancesTr"
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class CaseSource:
     names: tuple[tuple[Path, str], ...] = ()
     allowed_tags: tuple[tuple[str, str], ...] = ()
     missing_label: str = ""  # the rejection when there is no label, given once the image itself checks out
+    instances: Path | None = None  # an instance map given apart from the label (instancesTr/), never inferred
 
     @property
     def image(self) -> Path:
@@ -49,7 +54,7 @@ class CaseSource:
         return dict(self.names).get(path) or printable(path.name)
 
     def inputs(self) -> list[Path]:
-        return [*self.images, *([self.label] if self.label is not None else [])]
+        return [*self.images, *(p for p in (self.label, self.instances) if p is not None)]
 
 
 class Problem(NamedTuple):
@@ -68,6 +73,9 @@ class Discovery:
     modality: str | None = None
     seen: set[Path] = field(default_factory=set)  # every file a case or a problem accounts for
     tokens: set[str] = field(default_factory=set)  # patient name/ID fragments no shown path may carry
+    labels: dict[str, int] | None = None  # what dataset.json names the label values (None: the source has none)
+    channel_names: tuple[str, ...] | None = None  # dataset.json's channel names, in channel order
+    instance_folder: str | None = None  # instancesTr/ when the inbox gives instance maps
 
     def reject(self, case_id: str, reason: str, code: str) -> None:
         self.problems.append(Problem(case_id, reason, code))
@@ -90,6 +98,7 @@ def discover(raw: Path, data: DataConfig) -> Discovery:
     kind = detect_kind(raw, data)
     if kind == "nnunet":
         return discover_nnunet(raw, data.images_dir, data.labels_dir)
+    agreed_labels(data.label_names, None, kind)  # `auto` has nothing to read the names from: refused before any case
     if kind == "pairs":
         return discover_pairs(raw, data.image_pattern, data.label_pattern)
     return discover_dicom(raw, data)
@@ -102,71 +111,73 @@ def _nifti_files(folder: Path) -> list[Path]:
                   and strip_nifti_suffix(p.name) is not None)
 
 
-def _dataset_json(raw: Path, found: Discovery) -> dict:
-    path = raw / "dataset.json"
-    found.seen.add(path)
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-        return meta
-    except (ValueError, UnicodeDecodeError) as error:
-        found.reject("dataset.json", f"dataset.json: unreadable ({printable(str(error))[:120]})", "dataset_json")
-        return {}
+def _by_stem(folder: Path) -> dict[str, Path]:
+    return {strip_nifti_suffix(p.name) or "": p for p in _nifti_files(folder)}
 
 
 def discover_nnunet(raw: Path, images_dir: str = "imagesTr", labels_dir: str = "labelsTr") -> Discovery:
-    """nnU-Net v2 raw (``channel_names``, ``_XXXX`` channel files) or MSD (``modality``, 4D files)."""
+    """nnU-Net v2 raw (``_XXXX`` channel files) or MSD (4D files); ``dataset.json`` must say what the label
+    values and channels are, or the whole dataset is refused (:func:`~tasks.ingest.dataset_json.read_dataset_json`)."""
     found = Discovery("nnunet")
-    meta = _dataset_json(raw, found)
-    channel_names = meta.get("channel_names") or meta.get("modality") or {}
-    if isinstance(channel_names, dict) and channel_names:
-        found.modality = str(next(iter(channel_names.values())))
-    images, labels = raw / images_dir, raw / labels_dir
+    found.seen.add(raw / "dataset.json")
+    described = read_dataset_json(raw)
+    found.labels, found.channel_names = described.labels, described.channel_names
+    found.modality = described.channel_names[0]
+    images = raw / images_dir
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {images} does not exist")
     groups: dict[str, dict[int | None, list[Path]]] = defaultdict(lambda: defaultdict(list))
-    found.seen.update(_nifti_files(images), _nifti_files(labels))
     for path in _nifti_files(images):
         stem = strip_nifti_suffix(path.name) or ""
         case, channel = channel_of(stem) or (stem, None)
         groups[case][channel].append(path)
-    label_files = {strip_nifti_suffix(p.name): p for p in _nifti_files(labels)}
-    used_labels: set[Path] = set()
+    check_num_training(described, len(groups), images_dir)
+    label_files, instance_files = _by_stem(raw / labels_dir), _by_stem(raw / INSTANCES_DIR)
+    found.instance_folder = INSTANCES_DIR if instance_files else None
+    found.seen.update(_nifti_files(images), label_files.values(), instance_files.values())
     for case, channels in sorted(groups.items()):
-        shown = printable(f"{images_dir}/{case}")
-        case_id = safe_case_id(case)
-        if case_id is None:
-            found.reject(unsafe_id(case), f"{shown}: unsafe case ID {printable(repr(case))}", "unsafe_id")
-            continue
-        duplicated = [paths for paths in channels.values() if len(paths) > 1]
-        if duplicated or (None in channels and len(channels) > 1):
-            files = sorted(p.name for paths in channels.values() for p in paths)
-            found.reject(case_id, f"{shown}: duplicate case ID {case_id} ({', '.join(files)})", "duplicate_id")
-            continue
-        order = sorted(k for k in channels if k is not None)
-        if order and order != list(range(len(order))):
-            found.reject(case_id, f"{shown}: channel files {order}; expected 0..{len(order) - 1}", "channels")
-            continue
-        if isinstance(channel_names, dict) and len(channel_names) > 1 and order and len(order) != len(channel_names):
-            found.reject(case_id, f"{shown}: {len(order)} channel file(s), dataset.json declares "
-                                  f"{len(channel_names)}", "channels")
-            continue
-        paths = tuple(channels[k][0] for k in (order or [None]))
-        label = label_files.get(case)
-        missing = f"{printable(paths[0].name)}: no label in {labels_dir}/"
-        if label is not None:
-            used_labels.add(label)
-        names = tuple((p, printable(f"{p.parent.name}/{p.name}")) for p in (*paths, *([label] if label else [])))
-        found.sources.append(CaseSource(case_id, "nifti", paths, label, "nifti" if label else None, names=names,
-                                        missing_label=missing))
-    for stem, label in sorted(label_files.items()):
-        if label not in used_labels and stem not in groups:
-            found.reject(safe_case_id(stem or "") or unsafe_id(stem or ""),
-                         f"{labels_dir}/{printable(label.name)}: label without an image", "label_without_image")
+        _nnunet_case(found, case, channels, label_files.get(case), instance_files.get(case), (images_dir, labels_dir))
+    for folder, files, what in ((labels_dir, label_files, "label"), (INSTANCES_DIR, instance_files, "instance map")):
+        for stem, path in sorted(files.items()):
+            if stem not in groups:
+                found.reject(safe_case_id(stem) or unsafe_id(stem), f"{folder}/{printable(path.name)}: {what} "
+                                                                    f"without an image", "label_without_image")
     return found
+
+
+def _nnunet_case(found: Discovery, case: str, channels: dict[int | None, list[Path]], label: Path | None,
+                 instances: Path | None, folders: tuple[str, str]) -> None:
+    """One case of an nnU-Net folder: a source, or a problem with its files (duplicates, channel files
+    that do not match ``dataset.json``, a label without the instance map the other cases have)."""
+    images_dir, labels_dir = folders
+    shown = printable(f"{images_dir}/{case}")
+    case_id = safe_case_id(case)
+    if case_id is None:
+        found.reject(unsafe_id(case), f"{shown}: unsafe case ID {printable(repr(case))}", "unsafe_id")
+        return
+    duplicated = [paths for paths in channels.values() if len(paths) > 1]
+    if duplicated or (None in channels and len(channels) > 1):
+        files = sorted(p.name for paths in channels.values() for p in paths)
+        found.reject(case_id, f"{shown}: duplicate case ID {case_id} ({', '.join(files)})", "duplicate_id")
+        return
+    order = sorted(k for k in channels if k is not None)
+    if order and order != list(range(len(order))):
+        found.reject(case_id, f"{shown}: channel files {order}; expected 0..{len(order) - 1}", "channels")
+        return
+    declared = len(found.channel_names or ())
+    if order and len(order) != declared:
+        found.reject(case_id, f"{shown}: {len(order)} channel file(s), dataset.json declares {declared}", "channels")
+        return
+    if label is not None and found.instance_folder is not None and instances is None:
+        found.reject(case_id, f"{labels_dir}/{printable(label.name)}: no instance map in {found.instance_folder}/ "
+                              f"(it holds the other cases')", "instances")
+        return
+    paths = tuple(channels[k][0] for k in (order or [None]))
+    shown_files = (*paths, *(p for p in (label, instances) if p is not None))
+    names = tuple((p, printable(f"{p.parent.name}/{p.name}")) for p in shown_files)
+    found.sources.append(CaseSource(case_id, "nifti", paths, label, "nifti" if label else None, names=names,
+                                    missing_label=f"{printable(paths[0].name)}: no label in {labels_dir}/",
+                                    instances=instances))
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:

@@ -2,19 +2,30 @@
 
 Each image holds blob-shaped cells (randomly stretched and rotated ellipses) packed so that many
 of them touch — exactly the situation the U-Net paper's border weights are for — with a smooth
-background gradient, cell texture and Gaussian noise. Labels are *instance* labels (0 background,
-1..N cells); the pipeline turns them into classes and weight maps itself.
+background gradient, cell texture and Gaussian noise. It is written as a proper nnU-Net v2 inbox:
+``dataset.json`` (the classes, the channel, ``numTraining``), ``imagesTr/<case>_0000.nii.gz``,
+``labelsTr/`` with *class* labels (0 background, 1 cell), ``instancesTr/`` with the instance maps
+(0 background, 1..N cells: what the U-Net weight maps separate) and unlabelled ``imagesTs/``, so the
+default ``params.yaml`` ingests it as it would any nnU-Net dataset.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from tasks.common.atomic import atomic_path
+from tasks.common.atomic import atomic_path, write_text
+
+#: The demo's dataset.json ``name``: a folder holding another dataset.json is not the demo's to overwrite.
+DEMO_NAME = "unetflow-demo-cells"
+LABELS = {"background": 0, "cell": 1}
+#: Not "CT": fluorescence intensities have no absolute scale, so each image is z-scored on its own.
+CHANNEL = "fluorescence"
+FOLDERS = ("imagesTr", "labelsTr", "instancesTr", "imagesTs")
 
 
 @dataclass(frozen=True)
@@ -68,19 +79,49 @@ def _write_nifti(array: np.ndarray, path: Path) -> None:
 
 
 def write_synthetic_dataset(root: Path, spec: SyntheticSpec = SyntheticSpec()) -> dict[str, int]:
-    """Write ``imagesTr``/``labelsTr`` (training pool) and ``imagesTs`` (unlabelled, for inference).
+    """Write the nnU-Net v2 inbox (module docstring): the training pool and ``imagesTs`` (for inference).
 
-    Deterministic for a given ``spec``: the same bytes every time (nibabel's gzip has no timestamp),
-    so the DVC hash of the demo inbox does not change when it is written again.
+    Deterministic for a given ``spec``: the same bytes every time (nibabel's gzip has no timestamp,
+    ``dataset.json`` has sorted keys), so the DVC hash of the demo inbox does not change when it is
+    written again. Demo files of an earlier, larger run are removed (``numTraining`` must match);
+    a folder holding another dataset's ``dataset.json`` is refused, not overwritten.
     """
+    _refuse_foreign_dataset(root)
     rng = np.random.default_rng(spec.seed)
     counts = {"train": 0, "test": 0}
+    written: set[Path] = set()
     for split, n, with_labels in (("Tr", spec.n_train, True), ("Ts", spec.n_test, False)):
         for index in range(n):
             image, labels = cell_image(rng, spec)
             case = f"cells_{split.lower()}_{index:03d}"
-            _write_nifti(image, root / f"images{split}" / f"{case}.nii.gz")
+            targets = [(image, root / f"images{split}" / f"{case}_0000.nii.gz")]
             if with_labels:
-                _write_nifti(labels, root / "labelsTr" / f"{case}.nii.gz")
+                targets += [((labels > 0).astype(np.uint8), root / "labelsTr" / f"{case}.nii.gz"),
+                            (labels, root / "instancesTr" / f"{case}.nii.gz")]
+            for array, path in targets:
+                _write_nifti(array, path)
+                written.add(path)
             counts["train" if with_labels else "test"] += 1
+    for folder in FOLDERS:
+        for stale in sorted((root / folder).glob("cells_*.nii.gz")):
+            if stale not in written:
+                stale.unlink()
+    description = {"name": DEMO_NAME, "description": "synthetic touching cells (unetflow demo)",
+                   "channel_names": {"0": CHANNEL}, "labels": LABELS, "numTraining": counts["train"],
+                   "file_ending": ".nii.gz"}
+    write_text(root / "dataset.json", json.dumps(description, indent=2, sort_keys=True) + "\n")
     return counts
+
+
+def _refuse_foreign_dataset(root: Path) -> None:
+    """Overwriting a real dataset's ``dataset.json`` would change what its labels mean: refuse instead."""
+    path = root / "dataset.json"
+    if not path.exists():
+        return
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("name")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        name = None
+    if name != DEMO_NAME:
+        raise FileExistsError(f"{path} describes another dataset ({name!r}); the demo writes its own inbox: "
+                              f"give it an empty folder (data.raw_dir)")

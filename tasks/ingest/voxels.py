@@ -66,15 +66,49 @@ def label_values(label: np.ndarray) -> set[int]:
     return set(np.flatnonzero(np.bincount(label.ravel(order="K"), minlength=top + 1)).tolist())
 
 
-def label_arrays(label: np.ndarray, name: str, settings: IngestSettings) -> tuple[np.ndarray, np.ndarray | None]:
+def label_arrays(label: np.ndarray, name: str, settings: IngestSettings, instances: np.ndarray | None = None,
+                 instances_name: str = "") -> tuple[np.ndarray, np.ndarray | None]:
+    """(class label, instance map or None), with every label value kept as the class it was declared.
+
+    Classes are never merged or renumbered: a value outside ``settings.label_names`` refuses the case.
+    Instance maps are only ever an explicit input: ``instances`` (from ``instancesTr/``, checked against
+    the label), or the label itself when ``settings.instance_labels`` says labels are instance maps of
+    one class (then class 1 where > 0, the ids kept).
+    """
     if settings.instance_labels:
-        top = int(label.max()) if label.size else 0
-        return (label > 0).astype(np.uint8), label.astype(np.uint16 if top < 65536 else np.int32)
-    allowed = set(settings.label_names.values())  # 0..N-1 (the schema checks): a range test is enough
-    if label.size and int(label.max()) < len(allowed):
-        return label.astype(np.uint8), None
-    found = label_values(label)
-    if not found <= allowed:
+        return (label > 0).astype(np.uint8), _instance_dtype(label)
+    classes = label.astype(np.uint8 if len(settings.label_names) <= 256 else np.uint16)
+    allowed = set(settings.label_names.values())  # 0..N-1 (checked when resolved): a range test is enough
+    if label.size and int(label.max()) >= len(allowed):
+        found = label_values(label)
         raise CaseRejected(f"{name}: label values {sorted(found - allowed)[:10]} outside the declared classes "
-                           f"{sorted(allowed)}", code="label_values")
-    return label.astype(np.uint8), None
+                           f"{sorted(allowed)} ({_named(settings.label_names)})", code="label_values")
+    if instances is None:
+        return classes, None
+    check_instances(classes, instances, instances_name)
+    return classes, _instance_dtype(instances)
+
+
+def _named(label_names: dict[str, int]) -> str:
+    return ", ".join(f"{value} {name}" for name, value in sorted(label_names.items(), key=lambda item: item[1]))
+
+
+def _instance_dtype(instances: np.ndarray) -> np.ndarray:
+    top = int(instances.max()) if instances.size else 0
+    return instances.astype(np.uint16 if top < 65536 else np.int32)
+
+
+def check_instances(classes: np.ndarray, instances: np.ndarray, name: str) -> None:
+    """An instance map must cover exactly the label's foreground, and each instance lie inside one class:
+    otherwise the weight maps would separate objects the label does not have (or merge classes)."""
+    foreground = classes > 0
+    differ = int(np.count_nonzero(foreground != (instances > 0)))
+    if differ:
+        raise CaseRejected(f"{name}: instance map disagrees with the label's foreground ({differ} voxel(s) are "
+                           f"foreground in one and background in the other)", code="instances")
+    ids = instances[foreground].astype(np.int64)
+    pairs = np.unique(ids * (int(classes.max(initial=0)) + 1) + classes[foreground])
+    owners, counts = np.unique(pairs // (int(classes.max(initial=0)) + 1), return_counts=True)
+    mixed = owners[counts > 1].tolist()
+    if mixed:
+        raise CaseRejected(f"{name}: instance(s) {mixed[:10]} span more than one class", code="instances")

@@ -37,9 +37,12 @@ def preprocess_case(dataset_dir: Path, case: dict, plan: Plan, config: Preproces
     }
     cached = None
     if config.weight_maps:
-        objects = instances if instances is not None else label
-        weights, cached = cached_weight_map(objects, case["sha256"]["label"] + case["sha256"].get(
-            "instances", ""), case["spacing"], config, cache_dir, dims, labels_are_instances=instances is not None)
+        # The plan says which objects the border term separates; a case follows it, never its own guess.
+        given = instances if plan.weight_map_objects == "instances" else None
+        key = case["sha256"]["label"] + (case["sha256"].get("instances", "") if given is not None else "")
+        weights, cached = cached_weight_map(given if given is not None else label, key, case["spacing"], config,
+                                            cache_dir, dims, labels_are_instances=given is not None,
+                                            classes=label if given is not None else None)
         arrays["weight"] = to_channel_first(weights, dims)
     target = output_dir / "cases" / f"{case['case_id']}.npz"
     with atomic_path(target) as tmp:

@@ -7,6 +7,7 @@ registered model, so inference never re-derives or hard-codes a preprocessing co
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -71,14 +72,32 @@ def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, mo
         in_channels=int(manifest["cases"][0]["channels"]),
         num_classes=len(manifest["labels"]),
         label_names=manifest["labels"],
-        normalization=normalization_from(stats, preprocess.normalization, manifest.get("modality", "")),
+        normalization=normalization_from(stats, preprocess.normalization, channel_modalities(manifest)),
         intensity_statistics=IntensityStatistics(cases=split.train, channels=tuple(stats)),
         patch_size=tuple(choose_patch_size([s[:spatial_dims] for s in shapes], len(model.features),
                                            train.patch_size)),
         weight_maps=preprocess.weight_maps,
+        weight_map_objects=weight_map_objects(manifest, preprocess.weight_maps),
         split=split,
         network=network_spec(model),
     )
+
+
+def channel_modalities(manifest: dict) -> list[str] | str:
+    """Each channel's modality: ``dataset.json``'s channel names (nnU-Net/MSD sources, in channel order),
+    else the one modality of the source (a DICOM Modality tag, ``data.modality``) for every channel."""
+    return list(manifest.get("channel_names") or []) or manifest.get("modality", "")
+
+
+def weight_map_objects(manifest: dict, weight_maps: bool) -> Literal["instances", "connected_components"] | None:
+    """What the weight maps' border term separates, said in the plan so nobody has to guess: the given
+    instance maps when every case has one, else each class's connected components (touching objects of
+    one class are then one object; ``preprocess_case`` follows this, never a mix)."""
+    if not weight_maps:
+        return None
+    if manifest["cases"] and all("instances" in case["files"] for case in manifest["cases"]):
+        return "instances"
+    return "connected_components"
 
 
 def write_plan(output_dir: Path, plan: Plan) -> None:

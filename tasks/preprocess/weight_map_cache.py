@@ -14,7 +14,9 @@ from tasks.common.atomic import atomic_path
 from tasks.common.hashing import json_digest
 from tasks.config import PreprocessConfig
 
-WEIGHT_MAP_VERSION = 1  # bump when unet_weight_map's output changes, so stale cache entries are not reused
+#: Bump when unet_weight_map's output changes, so stale cache entries are not reused.
+#: 2: with instance maps, w_c is balanced over the classes (not foreground vs background).
+WEIGHT_MAP_VERSION = 2
 
 
 def weight_map_key(label_sha256: str, config: PreprocessConfig, spacing: list[float],
@@ -28,13 +30,14 @@ def weight_map_key(label_sha256: str, config: PreprocessConfig, spacing: list[fl
 
 def cached_weight_map(instances: np.ndarray, label_sha256: str, spacing: list[float],
                       config: PreprocessConfig, cache_dir: Path, spatial_dims: int,
-                      labels_are_instances: bool = True) -> tuple[np.ndarray, bool]:
+                      labels_are_instances: bool = True, classes: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """The case's weight map from the cache, or computed and stored; returns (map, was_cached).
 
     ``labels_are_instances=False`` (semantic labels, no instance file) splits each class into connected
     components, so touching objects of one class are only separated where the label shows a gap.
+    ``classes`` (the class label beside an instance map) balances ``w_c`` over the classes themselves:
+    an instance map alone only knows foreground from background, which would weigh every class alike.
     """
-    from monai_ext.transforms.weight_maps import unet_weight_map
 
     path = cache_dir / f"{weight_map_key(label_sha256, config, spacing, labels_are_instances)}.npy"
     if path.exists():
@@ -44,14 +47,27 @@ def cached_weight_map(instances: np.ndarray, label_sha256: str, spacing: list[fl
             cached = None
         if cached is not None and cached.shape == instances.shape[:3]:
             return cached, True
-    squeezed = instances[..., 0] if spatial_dims == 2 else instances
-    weights = unet_weight_map(
-        squeezed, w0=config.w0, sigma=config.sigma,
-        class_weights=None if config.class_weights == "none" else config.class_weights,
-        spacing=spacing[:spatial_dims], labels_are_instances=labels_are_instances,
-    ).astype(np.float32)
-    weights = weights[..., None] if spatial_dims == 2 else weights
+    weights = _weight_map(instances, classes, config, spacing, spatial_dims, labels_are_instances)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, weights)
     return weights, False
+
+
+def _weight_map(objects: np.ndarray, classes: np.ndarray | None, config: PreprocessConfig, spacing: list[float],
+                spatial_dims: int, labels_are_instances: bool) -> np.ndarray:
+    from monai_ext.transforms.weight_maps import class_weight_map, unet_weight_map
+
+    def squeeze(array: np.ndarray) -> np.ndarray:
+        return array[..., 0] if spatial_dims == 2 else array
+
+    class_weights = None if config.class_weights == "none" else config.class_weights
+    if classes is None or not labels_are_instances:
+        weights = unet_weight_map(squeeze(objects), w0=config.w0, sigma=config.sigma, class_weights=class_weights,
+                                  spacing=spacing[:spatial_dims], labels_are_instances=labels_are_instances)
+    else:  # border term of the instances (w_c = 0 there), plus w_c of the classes: exactly the sum, in float32
+        border = unet_weight_map(squeeze(objects), w0=config.w0, sigma=config.sigma, class_weights={0: 0.0, 1: 0.0},
+                                 spacing=spacing[:spatial_dims], labels_are_instances=True)
+        weights = class_weight_map(squeeze(classes), class_weights, labels_are_instances=False) + border
+    weights = weights.astype(np.float32)
+    return weights[..., None] if spatial_dims == 2 else weights

@@ -13,6 +13,7 @@ on CPU the same loop runs in float32.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -209,6 +210,11 @@ class Trainer:
         mlflow.set_tags({**tracking_tags(self.params, self.root), **(extra_tags or {})})
         mlflow.log_params({"model.parameters": count_parameters(self.model), "device": str(self.device),
                            "world_size": self.ctx.world_size})
+        # The classes as resolved (data.label_names may say only "auto"): what the outputs of this model mean.
+        mlflow.log_params({"plan.num_classes": self.plan.num_classes,
+                           "plan.label_names": json.dumps(dict(sorted(self.plan.label_names.items(),
+                                                                      key=lambda item: item[1]))),
+                           "plan.weight_map_objects": str(self.plan.weight_map_objects)})
         mlflow.log_dict(self.plan.to_json(), PLAN_FILE)
         if params_file is not None:  # a missing file means all defaults, as load_params reads it
             text = params_file.read_text(encoding="utf-8") if params_file.exists() else ""

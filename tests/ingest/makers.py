@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +13,16 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 LABELS = {"background": 0, "organ": 1}
 PATIENT = ("Doe^Jane", "PID12345")
+
+
+def write_dataset_json(raw: Path, labels: dict | None = None, channels: tuple[str, ...] = ("CT",),
+                       **extra: object) -> Path:
+    """An nnU-Net v2 ``dataset.json`` (``labels`` default: ``LABELS``); ``extra`` adds or replaces keys."""
+    meta = {"labels": LABELS if labels is None else labels,
+            "channel_names": {str(c): name for c, name in enumerate(channels)}, "file_ending": ".nii.gz", **extra}
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return raw / "dataset.json"
 
 
 def save_nifti(array: np.ndarray, path: Path, affine: np.ndarray | None = None) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 
 from tasks.config import DataConfig
 from tasks.ingest.batch import ingest_dataset
-from tests.ingest.makers import LABELS, save_nifti, write_seg, write_series
+from tests.ingest.makers import LABELS, save_nifti, write_dataset_json, write_seg, write_series
 
 rng = np.random.default_rng(0)
 
@@ -21,6 +21,7 @@ def noise(shape=(8, 8, 4)) -> np.ndarray:
 def make_nifti_inbox(raw: Path) -> dict[str, str]:
     """Bad NIfTI cases in an nnU-Net layout → the words their rejection must contain."""
     images, labels = raw / "imagesTr", raw / "labelsTr"
+    write_dataset_json(raw, LABELS)  # the classes: values outside them are refused
     lps = np.diag([-0.8, -0.8, 2.5, 1.0])
     for name in ("good_a", "good_b"):
         label = np.zeros((12, 10, 6), np.uint8)

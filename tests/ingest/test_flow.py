@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import BIN, run
-from tests.ingest.makers import save_nifti
+from tests.ingest.makers import LABELS, save_nifti, write_dataset_json
 
 
 def inbox(root: Path, bad: bool = True) -> None:
     rng = np.random.default_rng(0)
+    write_dataset_json(root / "data", LABELS)
     for name in ("a", "b"):
         label = np.zeros((16, 16, 1), np.uint8)
         label[4:9, 3:10] = 1
@@ -24,8 +25,8 @@ def inbox(root: Path, bad: bool = True) -> None:
 def test_cli_prints_summary_and_fails_only_when_nothing_or_strict(tmp_path):
     """One CLI run (Prefect start-up is the slow part); the non-strict exit 0 is shown by the DVC test's repro."""
     inbox(tmp_path)
-    done = run([str(BIN / "unetflow"), "ingest", "--root", str(tmp_path), "--strict",
-                "--set", "data.instance_labels=false"], tmp_path, tmp_path, check=False)
+    done = run([str(BIN / "unetflow"), "ingest", "--root", str(tmp_path), "--strict"], tmp_path, tmp_path,
+               check=False)
     output = done.stdout + done.stderr
     assert "2 accepted, 1 rejected" in output and "lonely.nii.gz: no label in labelsTr/" in output
     assert done.returncode != 0 and "1 cases rejected, 2 accepted" in output
@@ -63,7 +64,7 @@ def test_flow_takes_data_workers_and_runs_every_case_as_a_task_run_of_the_flow(t
 
     inbox(tmp_path)
     state = ingest_flow(root=str(tmp_path), params_file=None, return_state=True,
-                        overrides=["data.workers=3", "data.instance_labels=false"])
+                        overrides=["data.workers=3"])
     assert state.result()["accepted"] == 2
     with get_client(sync_client=True) as client:
         flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))

@@ -13,13 +13,14 @@ import numpy as np
 from tasks.config import DataConfig
 from tasks.ingest.batch import ingest_dataset
 from tests.conftest import REPO
-from tests.ingest.makers import LABELS, save_nifti
+from tests.ingest.makers import LABELS, save_nifti, write_dataset_json
 
-DATA = DataConfig(instance_labels=False, label_names=LABELS)
+DATA = DataConfig(label_names=LABELS)  # explicit, and the same as dataset.json's
 
 
 def make_inbox(raw: Path, n: int = 6) -> None:
     rng = np.random.default_rng(0)
+    write_dataset_json(raw, LABELS)
     for i in range(n):
         label = np.zeros((16, 16, 8), np.uint8)
         label[4:9, 3:10, 2:5] = 1

@@ -11,13 +11,13 @@ from tasks.common.hashing import sha256_file
 from tasks.config import DataConfig
 from tasks.imaging.geometry import affine_from_sitk
 from tasks.ingest.batch import ingest_dataset
-from tests.ingest.makers import LABELS, save_nifti
+from tests.ingest.makers import LABELS, save_nifti, write_dataset_json
 
 LPS = np.diag([-0.8, -0.8, 2.5, 1.0])  # an LPS-oriented, anisotropic volume
 
 
 def config(**changes) -> DataConfig:
-    return DataConfig(instance_labels=False, label_names=LABELS, **changes)
+    return DataConfig(label_names=LABELS, **changes)
 
 
 def label_volume(shape=(12, 10, 6)) -> np.ndarray:
@@ -42,6 +42,7 @@ def test_nnunet_multichannel_and_msd_4d(tmp_path):
     manifest, results = ingest_dataset(raw, tmp_path / "out", config())
     assert [r.reason for r in results if not r.accepted] == []
     assert manifest["modality"] == "T1" and manifest["source"] == "nnunet"
+    assert manifest["channel_names"] == ["T1", "T2"]  # dataset.json's, in channel order
     for case in manifest["cases"]:
         assert case["channels"] == 2 and case["shape"] == [12, 10, 6, 2]
         image = nib.load(str(tmp_path / "out" / case["files"]["image"]))
@@ -77,6 +78,7 @@ def test_output_is_ras_with_checksums(tmp_path):
     rng = np.random.default_rng(2)
     raw = tmp_path / "raw"
     source = rng.normal(size=(12, 10, 6)).astype(np.float32)
+    write_dataset_json(raw, LABELS)
     save_nifti(source, raw / "imagesTr" / "good_a.nii.gz", LPS)
     save_nifti(label_volume(), raw / "labelsTr" / "good_a.nii.gz", LPS)
     manifest, _ = ingest_dataset(raw, tmp_path / "out", config())
@@ -87,7 +89,7 @@ def test_output_is_ras_with_checksums(tmp_path):
     assert np.array_equal(np.asarray(image.dataobj)[::-1, ::-1, :], source)
     assert case["sha256"]["image"] == sha256_file(tmp_path / "out" / case["files"]["image"])
     assert set(case) >= {"case_id", "files", "sha256", "spacing", "shape", "channels"}
-    assert set(manifest) >= {"cases", "labels", "instance_labels", "modality"}
+    assert set(manifest) >= {"cases", "labels", "instance_labels", "modality", "channel_names"}
 
 
 def test_instance_labels_write_instances(tmp_path):
@@ -96,6 +98,7 @@ def test_instance_labels_write_instances(tmp_path):
     label[1:3, 1:3], label[5:7, 5:7] = 1, 2
     save_nifti(np.ones((8, 8, 1), np.float32), raw / "imagesTr" / "cells.nii.gz")
     save_nifti(label, raw / "labelsTr" / "cells.nii.gz")
+    write_dataset_json(raw, {"background": 0, "cell": 1})  # one class: labels can be its instance maps
     manifest, _ = ingest_dataset(raw, tmp_path / "out", DataConfig(instance_labels=True))
     (case,) = manifest["cases"]
     assert case["n_objects"] == 2 and Path(tmp_path / "out" / case["files"]["instances"]).exists()
@@ -106,6 +109,7 @@ def test_integer_images_are_stored_in_the_narrowest_type_that_holds_every_value(
     cases = {"byte_range": (np.int32, 0, 255, "uint8"), "ct_range": (np.int32, -1024, 3071, "int16"),
              "wide": (np.int64, -5, 70_000, "int32"), "full_uint16": (np.uint16, 0, 65_535, "uint16")}
     volumes = {}
+    write_dataset_json(raw, LABELS)
     for case, (dtype, low, high, _) in cases.items():
         volume = np.random.default_rng(0).integers(low, high + 1, (12, 10, 6)).astype(dtype)
         volume.flat[:2] = low, high  # the extremes are present

@@ -17,6 +17,7 @@ TINY: dict[str, dict[str, Any]] = {
     "unetpp": {"features": (4, 8, 16, 32)},
     "unet3p": {"features": (4, 8, 16, 32), "cat_channels": 4},
     "res_unet": {"features": (4, 8, 16, 32)},
+    "res_unet_monai": {"features": (4, 8, 16, 32)},
     "mobile_unet": {"features": (4, 8, 16, 32)},
     "eff_unet": {"features": (4, 4, 8, 8, 16)},  # decoder widths; b0 encoder is fixed (~4M params)
 }

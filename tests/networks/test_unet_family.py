@@ -121,3 +121,29 @@ def test_unet3p_table1_vgg16() -> None:
     unet = build_network("unet", 2, 3, 1, features=VGG16, norm="batch", up_kernel_size=4, head_kernel_size=3)
     assert (n_params(unet), n_params(unetpp), n_params(unet3p)) == (39_399_873, 47_182_788, 26_971_777)
     assert (table_millions(unet), table_millions(unetpp), table_millions(unet3p)) == (39.39, 47.18, 26.97)
+
+
+def test_unet3p_branch_width_follows_the_first_encoder_width() -> None:
+    """``cat_channels`` defaults to ``features[0]`` (reference code: ``CatChannels = filters[0]``).
+
+    Counted on the meta device (no compute): at widths 16..256 a fixed 64-wide branch made UNet 3+ cost
+    46x U-Net's forward FLOPs; the rule brings it to 4.1x (the full-resolution stage is inherent to UNet 3+).
+    The step-time ratio is a benchmark figure (benchmarks/networks.py, ``unet3p_vs_unet``).
+    """
+    feats = (16, 32, 64, 128, 256)
+
+    def flops(name: str, **options: int) -> int:
+        with torch.device("meta"):
+            model = build_network(name, 2, 1, 2, features=feats, **options)
+            x = torch.randn(1, 1, 64, 64)
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+        return counter.get_total_flops()
+
+    assert build_network("unet3p", 2, 1, 2, features=feats).cat_channels == 16
+    assert build_network("unet3p", 2, 3, 1, features=VGG16).cat_channels == 64
+    unet = flops("unet")
+    assert 4.0 < flops("unet3p") / unet < 4.3
+    assert flops("unet3p", cat_channels=64) / unet > 40
+    with pytest.raises(ValueError, match="cat_channels"):
+        build_network("unet3p", 2, 1, 2, features=feats, cat_channels=0)

@@ -8,6 +8,7 @@ import inspect
 import shutil
 import subprocess
 import sys
+import time
 from importlib import import_module
 
 import pytest
@@ -85,12 +86,15 @@ def test_serve_start_refuses_a_busy_port(tmp_path) -> None:
 
 @pytest.mark.parametrize(("command", "expected"), [("serve", True), ("serve-stop", False), ("demo", False)])
 def test_only_unetflow_serve_counts_as_the_supervisor(command: str, expected: bool) -> None:
-    from tasks.serving.processes import is_supervisor
+    from tasks.serving.processes import command_line, is_supervisor
 
     # A stand-in whose command line reads like `…/bin/unetflow COMMAND --root /x` (the pid in serve.pid).
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(BIN / "unetflow"), command,
                                 "--root", "/x"])
     try:
+        deadline = time.monotonic() + 10  # until the child has exec'd (its cmdline is ours until then)
+        while "time.sleep(60)" not in command_line(sleeper.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert is_supervisor(sleeper.pid) is expected
     finally:
         sleeper.kill()

@@ -95,8 +95,8 @@ def test_serve_deploy_run_both_deployments_and_stop(project: Path, tmp_path: Pat
         for image in (project / "data" / "imagesTs").glob("*.nii.gz"):
             shutil.copy(image, inbox / image.name)
         deployment_run(project, client_env, "infer/hospital-batch", f"input={inbox}", f"output={outbox}")
-        for image in sorted(inbox.glob("*.nii.gz")):
-            mask = nib.load(str(outbox / image.name))
+        for image in sorted(inbox.glob("*_0000.nii.gz")):  # nnU-Net channel files: <case>_0000 → <case>
+            mask = nib.load(str(outbox / image.name.replace("_0000.nii.gz", ".nii.gz")))
             assert mask.shape == nib.load(str(image)).shape
         assert (outbox / "summary.csv").exists()
 

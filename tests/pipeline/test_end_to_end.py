@@ -55,9 +55,14 @@ def test_demo_then_dvc(project: Path, tmp_path: Path) -> None:
         logits = model(torch.randn(1, 1, 40, 56))
     assert logits.shape == (1, 2, 40, 56)
 
-    # Batch inference wrote masks on the inputs' own grid.
-    for source in sorted((project / "data" / "imagesTs").glob("*.nii.gz")):
-        mask = nib.load(str(project / "outputs" / "predictions" / source.name))
+    # The run names the classes dataset.json declared (params.yaml only says `auto`).
+    assert run_info.data.params["data.label_names"] == "auto"
+    assert run_info.data.params["plan.label_names"] == '{"background": 0, "cell": 1}'
+    assert run_info.data.params["plan.weight_map_objects"] == "instances"  # the demo's instancesTr/
+
+    # Batch inference wrote masks on the inputs' own grid (nnU-Net channel files: <case>_0000 → <case>).
+    for source in sorted((project / "data" / "imagesTs").glob("*_0000.nii.gz")):
+        mask = nib.load(str(project / "outputs" / "predictions" / source.name.replace("_0000.nii.gz", ".nii.gz")))
         image = nib.load(str(source))
         assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}

@@ -23,7 +23,15 @@ FIXTURE = Path(__file__).resolve().parents[1] / "data" / "mni152"
 LABELS = {"background": 0, "grey_matter": 1, "white_matter": 2}
 
 
+def write_dataset_json(raw: Path, cases: int) -> None:
+    """The nnU-Net v2 description the inbox needs: the three tissue classes and the one MR channel."""
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "dataset.json").write_text(json.dumps({"labels": LABELS, "channel_names": {"0": "MR"},
+                                                  "file_ending": ".nii.gz", "numTraining": cases}))
+
+
 def write_axial_slices(raw: Path, slices: range) -> None:
+    write_dataset_json(raw, len(slices))
     t1 = nib.load(str(FIXTURE / "t1_2mm.nii.gz"))
     tissue = nib.load(str(FIXTURE / "tissue_2mm.nii.gz"))
     image, label = np.asarray(t1.dataobj), np.asarray(tissue.dataobj)
@@ -45,7 +53,7 @@ def test_grey_and_white_matter_are_learned_from_real_mri(tmp_path: Path, prefect
     root = tmp_path / "mni"
     write_axial_slices(root / "data", range(24, 72, 2))
     settings = {
-        "data": {"instance_labels": False, "label_names": LABELS, "val_fraction": 0.15, "test_fraction": 0.2},
+        "data": {"val_fraction": 0.15, "test_fraction": 0.2},  # label_names: auto, from dataset.json
         "preprocess": {"weight_maps": False},
         "model": {"features": [8, 16, 32, 64]},
         "train": {"epochs": 25, "batch_size": 4, "loss": "ce_dice", "learning_rate": 0.01, "overlay_every": 0,
@@ -73,8 +81,9 @@ def test_real_volume_ingests_with_the_geometry_simpleitk_reads(tmp_path: Path) -
     (raw / "labelsTr").mkdir(parents=True)
     shutil.copy(FIXTURE / "t1_2mm.nii.gz", raw / "imagesTr" / "mni.nii.gz")
     shutil.copy(FIXTURE / "tissue_2mm.nii.gz", raw / "labelsTr" / "mni.nii.gz")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"instance_labels": False, "label_names": LABELS,
-                                                                   "modality": "MR"}}))
+    write_dataset_json(raw, 1)
+    # explicit names and modality: they must (and do) agree with dataset.json
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"label_names": LABELS, "modality": "MR"}}))
     params = load_params(tmp_path / "params.yaml")
     out = tmp_path / params.data.dataset_dir
     manifest, _ = ingest_dataset(raw, out, params.data)

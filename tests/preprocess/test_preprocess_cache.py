@@ -68,3 +68,23 @@ def test_damaged_cache_entry_is_recomputed(tiny_project):
     _, results = preprocess(root, params)
     assert len(computed(results)) == 1
     np.load(entries[0])  # rewritten, readable again
+
+
+def test_with_instance_maps_w_c_balances_the_classes_and_binary_maps_stay_bit_identical(tmp_path):
+    from monai_ext.transforms.weight_maps import class_weight_map, unet_weight_map
+    from tasks.config import PreprocessConfig
+    from tasks.preprocess.weight_map_cache import cached_weight_map
+
+    instances = np.zeros((24, 24, 1), np.uint16)
+    instances[2:8, 2:8], instances[2:8, 9:15], instances[12:20, 4:20] = 1, 2, 3
+    classes = np.where(instances == 2, 2, instances > 0).astype(np.uint8)  # object 2 is of class 2
+    config = PreprocessConfig()
+    weights, _ = cached_weight_map(instances, "multi", [1.0, 1.0, 1.0], config, tmp_path, 2, classes=classes)
+    # inside objects only w_c counts: one weight per class (an instance map alone would give both the same)
+    expected = class_weight_map(classes[..., 0], "balanced", labels_are_instances=False)
+    assert np.array_equal(weights[..., 0][instances[..., 0] > 0], expected[instances[..., 0] > 0])
+    assert weights[4, 4, 0] != weights[4, 11, 0]
+    binary, _ = cached_weight_map(instances, "binary", [1.0, 1.0, 1.0], config, tmp_path, 2,
+                                  classes=(instances > 0).astype(np.uint8))
+    assert np.array_equal(binary[..., 0], unet_weight_map(instances[..., 0], w0=config.w0, sigma=config.sigma,
+                                                          spacing=(1.0, 1.0)))
