@@ -69,6 +69,14 @@ def test_he_init_only_before_rectifiers() -> None:
     assert model.head.conv.bias.any()
 
 
+def test_normalised_blocks_keep_pytorchs_default_init() -> None:
+    """With batch norm between conv and ReLU the scale is normalised away: no re-initialisation there."""
+    torch.manual_seed(0)
+    model = build_network("unet", 2, 1, 2, features=(8, 16), norm="batch")
+    first = model.encoder.levels[0].conv_0.conv
+    assert first.bias.any() and first.weight.abs().max() <= 1 / 3  # kaiming_uniform(a=sqrt(5)): bound 1/sqrt(9)
+
+
 def dropouts(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
 
