@@ -33,6 +33,7 @@ from tasks.common.plan import PLAN_FILE, Plan, build_model
 from tasks.config import Params
 from tasks.tracking.artifacts import log_learning_curve, log_overlays, tracking_tags
 from tasks.tracking.model_package import load_checkpoint, log_and_register, save_checkpoint
+from tasks.training.batch_norm import recalibrate_batch_norm
 from tasks.training.checkpoint import rng_state, seed_everything, set_rng_state
 from tasks.training.data_loader import load_cases, training_loader
 from tasks.training.distributed import DistributedContext
@@ -165,6 +166,7 @@ class Trainer:
         self.forward: nn.Module = self.model
         self.loader: Any = None
         self.val_items: list[dict] = []
+        self.train_items: list[dict] = []
 
     def _network(self) -> nn.Module:
         model = build_model(self.plan).to(self.device)
@@ -197,7 +199,7 @@ class Trainer:
         wrapped = self.ctx.wrap(self.model, self.device)
         self.forward = torch.compile(wrapped) if self.config.compile and self.device.type == "cuda" else wrapped
         preprocessed = self.root / self.params.preprocess.output_dir
-        train_items = self.ctx.shard(load_cases(preprocessed, self.plan.split.train))
+        train_items = self.train_items = self.ctx.shard(load_cases(preprocessed, self.plan.split.train))
         self.val_items = load_cases(preprocessed, self.plan.split.val) if self.ctx.is_main else []
         self.loader = training_loader(train_items, self.plan, self.config.batch_size, self.config.augment)
 
@@ -255,7 +257,9 @@ class Trainer:
         return False
 
     def _validate(self, epoch: int) -> dict[str, float]:
-        """Validation Dice per class and mean; a better mean keeps a CPU copy of these weights."""
+        """Validation Dice per class and mean; a better mean keeps a CPU copy of these weights (with batch-norm
+        statistics recomputed for exactly these weights first: see tasks/training/batch_norm.py)."""
+        recalibrate_batch_norm(self.model, self.train_items, self.plan.patch_size, self.device, self.config.batch_size)
         metrics = validate(self.model, self.val_items, self.plan, self.device)
         if metrics["val_dice"] > self.best.dice:
             state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
