@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import ConfigError, Params, load_params, parse_override
+from tasks.config import ConfigError, Params, load_params, parse_override, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,3 +67,36 @@ def test_flat_params_are_dotted():
     flat = Params().flat()
     assert flat["train.epochs"] == Params().train.epochs
     assert "tracking.model_name" in flat
+
+
+# --- CGM (issue #14.2): a classifier is never shipped untrained, nor a loss term for a CGM that is not there
+def test_a_cgm_model_gets_a_cgm_loss_term_by_default():
+    from monai_ext.losses import CGM_DEFAULT_WEIGHT, build_loss
+
+    raw = {"model": {"options": {"cgm": True}}}
+    params = validate_params(raw)
+    assert params.train.loss_options["cgm_weight"] == CGM_DEFAULT_WEIGHT > 0
+    assert params.flat()["train.loss_options.cgm_weight"] == CGM_DEFAULT_WEIGHT  # what MLflow logs is what trains
+    assert build_loss(params.train.loss, **params.train.loss_options).cgm_weight == CGM_DEFAULT_WEIGHT
+    assert raw == {"model": {"options": {"cgm": True}}}  # the caller's mapping is left alone
+    assert validate_params(params.model_dump()) == params
+    explicit = {"model": {"options": {"cgm": True}}, "train": {"loss_options": {"cgm_weight": 0.3}}}
+    assert validate_params(explicit).train.loss_options["cgm_weight"] == 0.3
+    assert "cgm_weight" not in Params().train.loss_options
+    assert validate_params({"train": {"loss_options": {"cgm_weight": 0}}}).train.loss_options["cgm_weight"] == 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"model": {"options": {"cgm": True}}, "train": {"loss_options": {"cgm_weight": 0}}},
+        {"model": {"options": {"cgm": True}}, "train": {"loss_options": {"cgm_weight": 0.0}}},
+        {"train": {"loss_options": {"cgm_weight": 0.5}}},
+        {"model": {"options": {"cgm": False}}, "train": {"loss_options": {"cgm_weight": 1.0}}},
+    ],
+    ids=["cgm-weight-0", "cgm-weight-0.0", "weight-without-cgm", "weight-with-cgm-false"],
+)
+def test_a_cgm_weight_that_contradicts_the_model_is_refused_naming_both_keys(payload):
+    with pytest.raises(ConfigError) as error:
+        validate_params(payload)
+    assert "model.options.cgm" in str(error.value) and "train.loss_options.cgm_weight" in str(error.value)

@@ -2,7 +2,7 @@
 
 from .cgm import CGMLoss, has_foreground
 from .deep_supervision import DeepSupervisionLoss, deep_supervision_weights, resize_nearest
-from .factory import LOSS_REGISTRY, SegmentationLoss, build_loss, register_loss, split_output
+from .factory import CGM_DEFAULT_WEIGHT, LOSS_REGISTRY, SegmentationLoss, build_loss, register_loss, split_output
 from .focal import FocalLoss
 from .hybrid import CEDiceLoss, FocalMSSSIMIoULoss
 from .ms_ssim import MS_SSIM_WEIGHTS, MSSSIMLoss, ms_ssim
@@ -10,6 +10,7 @@ from .region import SoftDiceLoss, SoftIoULoss
 from .weighted_ce import PixelWeightedCrossEntropyLoss
 
 __all__ = [
+    "CGM_DEFAULT_WEIGHT",
     "LOSS_REGISTRY",
     "MS_SSIM_WEIGHTS",
     "CEDiceLoss",

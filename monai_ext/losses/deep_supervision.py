@@ -4,6 +4,14 @@ nnU-Net's scheme (Isensee et al., 2021): head ``i`` (0 = full resolution) gets w
 the lowest-resolution head gets 0 because it is too coarse to be useful, and the weights are
 normalised to sum to 1 - so adding heads does not change the loss scale. Targets and weight maps are
 downsampled with nearest-neighbour interpolation, which keeps class indices valid (no blending).
+
+Halving fits heads at *falling* resolution only, where the coarsest is a by-product too coarse to use.
+Where every head matters it leaves one untrained: UNet++'s heads are all full resolution and each is a
+sub-network inference can prune to (halving would never train X^{0,1}, the L1 network), and UNet 3+
+supervises every scale, its bottleneck (En5) included, with the same weight. Those papers weight the
+heads equally (``"equal"``). The loss cannot see which network it trains, so the rule is the network's:
+each declares it (``deep_supervision_weights`` on the ``monai_ext.networks`` class) and a pipeline uses
+that default and refuses a weighting that gives such a network's head 0 (:func:`gives_a_head_zero`).
 """
 
 from __future__ import annotations
@@ -14,9 +22,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DeepSupervisionLoss", "deep_supervision_weights", "resize_nearest"]
+__all__ = [
+    "DeepSupervisionLoss",
+    "check_deep_supervision",
+    "deep_supervision_weights",
+    "gives_a_head_zero",
+    "resize_nearest",
+]
 
 BaseLoss = Callable[..., torch.Tensor]
+Weighting = str | list[float]
+
+
+def check_deep_supervision(value: object) -> Weighting | None:
+    """A ``deep_supervision`` loss option in its one form: None (off), ``"equal"``, ``"halving"`` or floats.
+
+    ``False`` means off (YAML users write it); ``True`` is refused because it does not say which weighting
+    (a pipeline leaves the key out to get the network's own). A sequence needs non-negative numbers, at
+    least one of them positive, so a typo cannot turn the loss into zero.
+    """
+    if value is None or value is False:
+        return None
+    if isinstance(value, str):
+        if value in ("equal", "halving"):
+            return value
+    elif isinstance(value, Sequence) and value and all(
+        isinstance(w, int | float) and not isinstance(w, bool) and 0 <= w < float("inf") for w in value
+    ) and any(w > 0 for w in value):
+        return [float(w) for w in value]
+    raise ValueError(
+        f"deep_supervision must be null, 'equal', 'halving' or non-negative head weights (one > 0), got {value!r}"
+    )
+
+
+def gives_a_head_zero(weights: Weighting) -> bool:
+    """Whether ``weights`` leaves some head untrained (halving always does with more than one head)."""
+    return weights == "halving" or (not isinstance(weights, str) and any(w == 0 for w in weights))
 
 
 def deep_supervision_weights(n_heads: int, weights: str | Sequence[float] = "halving") -> list[float]:
@@ -70,9 +111,10 @@ class DeepSupervisionLoss(nn.Module):
     def __init__(self, base_loss: BaseLoss, weights: str | Sequence[float] = "halving") -> None:
         super().__init__()
         self.base_loss = base_loss
-        if isinstance(weights, str) and weights not in ("equal", "halving"):
-            raise ValueError(f"weights must be 'equal', 'halving' or a sequence, got {weights!r}")
-        self.weights = weights
+        checked = check_deep_supervision(weights)
+        if checked is None:
+            raise ValueError("DeepSupervisionLoss needs weights: 'equal', 'halving' or a sequence")
+        self.weights = checked
 
     def forward(
         self, heads: Sequence[torch.Tensor], target: torch.Tensor, weight: torch.Tensor | None = None

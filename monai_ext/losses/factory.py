@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from .cgm import CGMLoss
-from .deep_supervision import DeepSupervisionLoss
+from .deep_supervision import DeepSupervisionLoss, check_deep_supervision
 from .focal import FocalLoss
 from .hybrid import CEDiceLoss, FocalMSSSIMIoULoss
 from .region import SoftDiceLoss
 from .weighted_ce import PixelWeightedCrossEntropyLoss
 
-__all__ = ["LOSS_REGISTRY", "SegmentationLoss", "build_loss", "register_loss", "split_output"]
+__all__ = ["CGM_DEFAULT_WEIGHT", "LOSS_REGISTRY", "SegmentationLoss", "build_loss", "register_loss", "split_output"]
 
 
 class _PlainCrossEntropyLoss(PixelWeightedCrossEntropyLoss):
@@ -56,6 +56,10 @@ LOSS_REGISTRY: dict[str, type[nn.Module]] = {
 
 _WRAPPER_OPTIONS = ("deep_supervision", "cgm_weight", "cgm_background")
 
+#: ``cgm_weight`` a model with a CGM gets when none is given: UNet 3+ adds the CGM's BCE to the
+#: segmentation loss unweighted. Resolved by the params schema (``tasks.config``), not here (see below).
+CGM_DEFAULT_WEIGHT = 1.0
+
 
 def register_loss(name: str, cls: type[nn.Module]) -> None:
     """Add a loss class taking ``(logits, target, weight=None)`` to the registry."""
@@ -84,6 +88,9 @@ class SegmentationLoss(nn.Module):
 
     Without ``deep_supervision`` any aux heads are ignored (only the main logits are supervised).
     With ``cgm_weight > 0`` the output must carry ``class_logits``; otherwise the CGM term is skipped.
+    The default stays 0 here because a loss cannot see the network: the pipeline's params schema
+    (``tasks.config``) resolves it, giving a CGM network a term by default and refusing a weight that
+    contradicts the model, so a classifier is never shipped untrained.
     """
 
     def __init__(
@@ -124,8 +131,9 @@ def _constructor_options(cls: type[nn.Module]) -> list[str]:
 def build_loss(name: str, **options: Any) -> SegmentationLoss:
     """Instantiate a registered loss by name.
 
-    Options are the loss class's constructor arguments plus ``deep_supervision`` (None, ``"equal"``,
-    ``"halving"`` or a weight sequence), ``cgm_weight`` (float, default 0) and ``cgm_background``.
+    Options are the loss class's constructor arguments plus ``deep_supervision`` (None or False, ``"equal"``,
+    ``"halving"`` or a weight sequence; :mod:`.deep_supervision` says which fits which network),
+    ``cgm_weight`` (float, default 0) and ``cgm_background``.
     Unknown names or options raise ``ValueError`` listing the valid ones.
     """
     if name not in LOSS_REGISTRY:
@@ -137,7 +145,6 @@ def build_loss(name: str, **options: Any) -> SegmentationLoss:
         known = sorted(allowed + list(_WRAPPER_OPTIONS))
         raise ValueError(f"unknown option(s) {unknown} for loss {name!r}; known: {known}")
     wrapper = {k: options.pop(k) for k in _WRAPPER_OPTIONS if k in options}
-    ds = wrapper.get("deep_supervision")
-    if isinstance(ds, str) and ds not in ("equal", "halving"):
-        raise ValueError(f"deep_supervision must be None, 'equal', 'halving' or a sequence, got {ds!r}")
+    if "deep_supervision" in wrapper:  # one form (False = off); which weighting fits is the network's rule
+        wrapper["deep_supervision"] = check_deep_supervision(wrapper["deep_supervision"])
     return SegmentationLoss(cls(**options), **wrapper)

@@ -13,11 +13,12 @@ see each class for its own. :func:`check_network_config` checks settings against
 without building it (config schemas call it before any work starts).
 
 What ``forward`` returns (eval: one logits tensor; training with deep supervision/CGM: a
-:class:`NetworkOutput`) is defined once in :mod:`monai_ext.networks.outputs`.
+:class:`NetworkOutput`) is defined once in :mod:`monai_ext.networks.outputs`, and so is what the CGM's
+class logits mean: :func:`cgm_probability`, which the CGM loss and every gate and filter use.
 """
 
 from .base import NetworkConfigError
-from .outputs import NetworkOutput, main_logits
+from .outputs import NetworkOutput, cgm_presence_logit, cgm_probability, main_logits
 from .registry import NETWORKS, available_networks, build_network, check_network_config, network_options
 from .unet import valid_unet_input_size, valid_unet_output_size
 
@@ -27,6 +28,8 @@ __all__ = [
     "NetworkOutput",
     "available_networks",
     "build_network",
+    "cgm_presence_logit",
+    "cgm_probability",
     "check_network_config",
     "main_logits",
     "network_options",

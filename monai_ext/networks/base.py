@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import NORMS, check_features, make_norm, resize_to
-from .outputs import NetworkOutput
+from .outputs import NetworkOutput, cgm_probability
 from .stages import DROPOUT_POSITIONS, CGMHead, place_dropout
 
 #: options every registered network accepts (beside the architecture's own); see :func:`build_network`.
@@ -67,7 +67,7 @@ class SegmentationNetwork(nn.Module):
         cgm_dropout: dropout before the CGM 1x1 conv (0.5 in UNet 3+).
         cgm_gate: in eval, suppress foreground of images the CGM classifies as empty. Off by default: the
             pipeline post-filters, and a gate trained on few empty images can delete true lesions.
-        cgm_gate_threshold: probability of "foreground present" below which an image is gated.
+        cgm_gate_threshold: :func:`~monai_ext.networks.outputs.cgm_probability` below which an image is gated.
         aux_resolution: ``"native"`` (heads at their stage's resolution) or ``"full"`` (upsampled to input).
     """
 
@@ -79,6 +79,10 @@ class SegmentationNetwork(nn.Module):
     min_levels: int = 2
     max_levels: int | None = None
     features_meaning: str = "one per level"
+    #: how a deep-supervision loss should weight this architecture's heads when the config does not say:
+    #: ``"halving"`` (nnU-Net: heads at falling resolution, the coarsest gets 0) or ``"equal"`` (heads
+    #: that are not a coarse by-product: UNet++'s selectable sub-networks, UNet 3+'s full-scale supervision).
+    deep_supervision_weights: str = "halving"
 
     def __init__(
         self,
@@ -186,7 +190,7 @@ class SegmentationNetwork(nn.Module):
             logits = self._crop(logits, spatial)
 
         need_class = self.cgm_head is not None and (self.training or self.cgm_gate)
-        class_logits = self.cgm_head(deepest) if need_class and self.cgm_head is not None else None
+        class_logits = self._class_logits(deepest, padded) if need_class else None
 
         if not self.training:
             if self.cgm_gate and class_logits is not None:
@@ -198,12 +202,14 @@ class SegmentationNetwork(nn.Module):
         return NetworkOutput(logits, self._finish_aux(aux, spatial, full), class_logits)
 
     def forward_with_class(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Eval-time logits *and* the CGM presence logits ``[B, 2]`` (None without a CGM head).
+        """Eval-time logits *and* the CGM presence logits ``[B, 2]`` (None: no CGM head, or not computable).
 
         Why a separate method: ``forward`` in eval must return one tensor (sliding windows, export), yet
-        batch inference post-filters with the classifier's probability (column 1 = foreground present,
-        ``sigmoid`` as in training). The logits are exactly what ``forward`` returns in the current mode
-        when it returns a tensor (eval: gated only if ``cgm_gate``); call it on a model in eval mode.
+        batch inference post-filters with the classifier's probability (always
+        :func:`~monai_ext.networks.outputs.cgm_probability`, the one the loss trains). The logits are exactly
+        what ``forward`` returns in the current mode when it returns a tensor (eval: gated only if
+        ``cgm_gate``); call it on a model in eval mode. The class logits are None also when this mode's
+        forward does not reach the features the CGM classifies (a pruned UNet++), see :meth:`_class_logits`.
         """
         self.check_input(x)
         spatial = [int(s) for s in x.shape[2:]]
@@ -211,10 +217,27 @@ class SegmentationNetwork(nn.Module):
         logits, _aux, deepest = self.forward_parts(padded)
         if self.pads_input:
             logits = self._crop(logits, spatial)
-        class_logits = self.cgm_head(deepest) if self.cgm_head is not None else None
+        class_logits = self._class_logits(deepest, padded)
         if self.cgm_gate and class_logits is not None:
             logits = self._gate(logits, class_logits)
         return logits, class_logits
+
+    def _class_logits(self, deepest: torch.Tensor, padded: torch.Tensor) -> torch.Tensor | None:
+        """The CGM head on ``deepest``, or None when ``deepest`` is not the bottleneck it was built on.
+
+        Why the check: the head is built for the bottleneck (:meth:`_init_cgm`), but a sub-network that
+        stops above it (UNet++ pruned to L1..L{n-2} in eval) hands back a shallower map. Fed that, the head
+        crashed on the width or, were the widths equal, would classify the wrong level without a word;
+        None lets the caller say the classifier is unavailable. The bottleneck of a padding network lies at
+        ``padded / size_divisor``; the valid-padding U-Net cannot be cut short, so only the width is checked.
+        """
+        head = self.cgm_head
+        if head is None or deepest.shape[1] != head.conv.in_channels:
+            return None
+        if self.pads_input and any(int(d) * self.size_divisor != int(p)
+                                   for d, p in zip(deepest.shape[2:], padded.shape[2:], strict=True)):
+            return None
+        return head(deepest)
 
     def _finish_aux(
         self, aux: list[torch.Tensor], spatial: Sequence[int], padded: Sequence[int]
@@ -232,7 +255,7 @@ class SegmentationNetwork(nn.Module):
 
     def _gate(self, logits: torch.Tensor, class_logits: torch.Tensor) -> torch.Tensor:
         """Suppress foreground logits of images whose CGM says 'no foreground' (eval, opt-in)."""
-        present = torch.sigmoid(class_logits[:, 1]) >= self.cgm_gate_threshold
+        present = cgm_probability(class_logits) >= self.cgm_gate_threshold
         present = present.view(-1, *([1] * (logits.dim() - 1)))
         low = torch.full_like(logits, -1e4)
         if logits.shape[1] > 1:  # keep the background channel so softmax picks it

@@ -20,11 +20,24 @@ architecture, every network follows the same rule:
     per head (nnU-Net style). ``aux_resolution="full"`` upsamples each head (bi/trilinear) to input
     resolution instead (UNet 3+ paper form). Empty list without deep supervision;
   - ``class_logits``: ``[B, 2]`` logits of the CGM presence classifier (column 0 = "no foreground",
-    column 1 = "foreground present"; train with ``BCEWithLogitsLoss`` against the one-hot presence
-    label, as in the UNet 3+ paper), or ``None`` without CGM.
+    column 1 = "foreground present"), or ``None`` without CGM. What they *mean* is
+    :func:`cgm_probability` and nothing else (see below).
 
 Logits are never passed through sigmoid/softmax inside the networks: activation belongs to the loss
 and to post-processing.
+
+**What the CGM logits mean** (one definition, used by the loss *and* every gate): the probability that
+an image holds foreground is the 2-class softmax of its logits, ``P(present) = softmax(l)[:, 1] =
+sigmoid(l_present − l_absent)`` (:func:`cgm_probability`; :func:`cgm_presence_logit` is the log-odds
+inside it). The CGM loss (:class:`monai_ext.losses.CGMLoss`) is the binary cross-entropy of exactly
+this probability, and the network's eval gate (``cgm_gate``) and the pipeline's inference post-filter
+threshold exactly this probability. Why one function: the loss only ever sees the *difference* of the
+two logits (softmax is blind to a common shift), so any other reading — ``sigmoid(l_present)`` alone,
+as the gates once used — depends on an offset training never pins down: logits (absent 5, present 3)
+mean 0.12 to the loss but passed such a gate at 0.95, and (−4, −2), 0.88 to the loss, were gated at
+0.12, deleting true lesions. Why the softmax form rather than a BCE on column 1 alone: it is what the
+CE-trained checkpoints already learned, it agrees with the UNet 3+ reference's ``argmax`` (P > 0.5 iff
+the present logit wins), and it keeps the ``[B, 2]`` head that exported models carry.
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["NetworkOutput", "main_logits"]
+__all__ = ["NetworkOutput", "cgm_presence_logit", "cgm_probability", "main_logits"]
 
 
 @dataclass
@@ -48,3 +61,29 @@ class NetworkOutput:
 def main_logits(output: torch.Tensor | NetworkOutput) -> torch.Tensor:
     """Return the main logits whatever form ``output`` takes, so metrics code needs no branching."""
     return output.logits if isinstance(output, NetworkOutput) else output
+
+
+def cgm_presence_logit(class_logits: torch.Tensor) -> torch.Tensor:
+    """``[B]`` log-odds that each image holds foreground: ``present − absent`` for ``[B, 2]`` CGM logits.
+
+    Why it exists beside :func:`cgm_probability`: the loss needs the log-odds itself (``BCEWithLogits``
+    stays finite and keeps its gradient where the probability rounds to 0 or 1). A one-logit classifier
+    (``[B]`` or ``[B, 1]``) already is the log-odds. Anything else is refused rather than guessed at.
+    """
+    if class_logits.ndim == 1:
+        return class_logits
+    if class_logits.ndim == 2 and class_logits.shape[1] == 1:
+        return class_logits[:, 0]
+    if class_logits.ndim == 2 and class_logits.shape[1] == 2:
+        return class_logits[:, 1] - class_logits[:, 0]
+    raise ValueError(f"CGM class logits must be [B], [B, 1] or [B, 2], got {tuple(class_logits.shape)}")
+
+
+def cgm_probability(class_logits: torch.Tensor) -> torch.Tensor:
+    """``[B]`` float probability that each image holds foreground, as the CGM loss trains it.
+
+    ``softmax(class_logits)[:, 1] = sigmoid(present − absent)`` for ``[B, 2]`` logits (see the module
+    docstring for why this is the only reading); computed in float32 so an AMP half-precision forward
+    and a float one threshold alike.
+    """
+    return torch.sigmoid(cgm_presence_logit(class_logits.float()))

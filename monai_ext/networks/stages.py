@@ -59,6 +59,12 @@ class Encoder(nn.Module):
             feats.append(x)
         return feats
 
+    def finish(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """The bottleneck from level ``start - 1``'s map: the remaining levels only (a pruned UNet++'s CGM)."""
+        for level in self.levels[start:]:
+            x = level(self.pool(x))
+        return x
+
 
 class DecoderStage(nn.Module):
     """Upsample the deeper map, fit it to the skip (crop the skip in valid mode), concatenate, convolve."""
@@ -126,7 +132,8 @@ class CGMHead(nn.Module):
     """Classification-guided module (UNet 3+): dropout -> 1x1 conv to 2 -> global max pool -> [B, 2] logits.
 
     Unlike the reference code, no sigmoid/argmax here: returning logits keeps the classifier trainable
-    with ``BCEWithLogitsLoss``; thresholding for gating happens in the network, in eval only.
+    (the CGM loss); what they mean, for the loss and every gate alike, is
+    :func:`~monai_ext.networks.outputs.cgm_probability`.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, dropout: float = 0.5) -> None:

@@ -12,14 +12,14 @@ padding="valid")`` -> 31,030,658 parameters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import SegmentationNetwork
+from .base import NetworkConfigError, SegmentationNetwork
 from .blocks import ActSpec, BlockFactory, DoubleConv, NormSpec, UpSample, check_features
 from .stages import Decoder, Encoder, SegHead, place_dropout
 
@@ -156,6 +156,20 @@ class UNet(SegmentationNetwork):
             else nn.ModuleList()
         )
         self._init_cgm(feats[-1])
+
+    @classmethod
+    def check_config(cls, features: Sequence[int] | None, options: Mapping[str, Any]) -> None:
+        """Also refuse deep supervision with ``padding="valid"`` in a pipeline config.
+
+        Why: each valid decoder stage sees a different centred region of the input (deeper stages lose
+        fewer voxels), so a head's target is not the main output's target resized, which is what deep-
+        supervision losses assume. The constructor still builds such a network for direct use.
+        """
+        super().check_config(features, options)
+        if options.get("padding") == "valid" and options.get("deep_supervision"):
+            raise NetworkConfigError("deep_supervision", "deep supervision is not supported with padding 'valid' "
+                                     "(model.options.padding: valid): its heads cover other regions than the "
+                                     "output; set model.options.deep_supervision: false or padding: same")
 
     def level_block(self, spatial_dims: int, **options: Any) -> BlockFactory:
         """The per-level block (two convs here); subclasses swap it (residual units in ``res_unet``)."""

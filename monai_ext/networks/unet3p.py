@@ -86,6 +86,9 @@ class UNet3Plus(SegmentationNetwork):
             1 .. depth-2 then the bottleneck (high -> low resolution).
     """
 
+    #: the paper supervises every scale, the bottleneck (En5) included, with the same weight
+    deep_supervision_weights = "equal"
+
     def __init__(
         self,
         spatial_dims: int,

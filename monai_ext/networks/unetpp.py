@@ -9,10 +9,20 @@ the sub-network of head L (fewer encoder levels too), which is what makes UNet++
 runs the full network so every head is trained) and its output equals the full network's L-th head
 (:meth:`UNetPlusPlus.forward_heads`). Heads other than the last exist only with ``deep_supervision=True``
 because an untrained head is useless to prune to.
+
+Deep supervision weights every head equally (``deep_supervision_weights = "equal"``, the paper's rule):
+all heads are at full resolution and each is a network inference may select, so nnU-Net's "halving"
+(which gives the coarsest head 0) would leave X^{0,1}, the L1 network, untrained.
+
+Head averaging (:meth:`UNetPlusPlus.use_heads` ``"mean"``, the paper's "accurate mode"): in eval the full
+network runs and ``forward`` returns the log of the heads' mean softmax, so a softmax of the output is
+that mean probability. :meth:`UNetPlusPlus.for_inference` gives a view in one of these modes that shares
+the weights, leaving the network itself as it was (inference shares one model across threads).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -37,6 +47,11 @@ class UNetPlusPlus(SegmentationNetwork):
         prune_level: 1 .. depth-1, or None for the full network (eval only; see module docstring).
         **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`.
     """
+
+    #: every head is full resolution and selectable at inference: none may get weight 0 (module docstring)
+    deep_supervision_weights = "equal"
+    #: eval-time output: ``"last"`` (the selected head) or ``"mean"`` (log mean softmax of all heads)
+    HEAD_MODES = ("last", "mean")
 
     def __init__(
         self,
@@ -82,6 +97,7 @@ class UNetPlusPlus(SegmentationNetwork):
         self._init_cgm(feats[-1])
         self.prune_level: int | None = None
         self.prune(prune_level)
+        self.head_mode = "last"
 
     @classmethod
     def check_config(cls, features: Sequence[int] | None, options: Mapping[str, Any]) -> None:
@@ -112,6 +128,29 @@ class UNetPlusPlus(SegmentationNetwork):
         self.prune_level = level
         return self
 
+    def use_heads(self, mode: str) -> UNetPlusPlus:
+        """Eval-time output: ``"last"`` (the head pruning selects) or ``"mean"`` (average of every head).
+
+        ``"mean"`` needs the heads L1..L{depth-2}, which only deep supervision builds and trains, and a
+        softmax output (``out_channels >= 2``); it always runs the full network, whatever ``prune_level``.
+        """
+        if mode not in self.HEAD_MODES:
+            raise ValueError(f"heads must be one of {', '.join(self.HEAD_MODES)}, got {mode!r}")
+        if mode == "mean" and (len(self.heads) < 2 or self.out_channels < 2):
+            raise ValueError("averaging the heads needs deep_supervision=True (heads L1..L{n-1}) and out_channels >= 2")
+        self.head_mode = mode
+        return self
+
+    def for_inference(self, prune_level: int | None = None, heads: str = "last") -> UNetPlusPlus:
+        """A view of this network in one inference mode, sharing its weights; this network stays as it was.
+
+        Why a view: batch inference shares one loaded model between threads (and evaluation scores one model
+        at every level); ``prune``/``use_heads`` on it would change what every other user computes.
+        ``prune_level=None`` means the full network (not this network's own ``prune_level``).
+        """
+        view = copy.copy(self)  # own attributes (prune_level, head_mode), the same submodules and weights
+        return view.prune(prune_level).use_heads(heads)
+
     def _nested(self, x: torch.Tensor, level: int) -> list[list[torch.Tensor]]:
         """Compute all nodes X^{i,j} with i + j <= level; returns grid[i][j]."""
         grid = [[f] for f in self.encoder(x, num_levels=level + 1)]
@@ -126,12 +165,26 @@ class UNetPlusPlus(SegmentationNetwork):
 
     def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         last = self.depth - 1
+        if not self.training and self.head_mode == "mean":
+            full = self._nested(x, last)
+            return self._mean_of_heads(full), [], full[last][0]
         level = last if self.training or self.prune_level is None else self.prune_level
         grid = self._nested(x, level)
         aux: list[torch.Tensor] = []
         if self.wants_aux:  # nearest-to-main first: X^{0,last-1}, ..., X^{0,1}
             aux = [self.heads[str(j)](grid[0][j]) for j in range(last - 1, 0, -1)]
-        return self.heads[str(level)](grid[0][level]), aux, grid[level][0]
+        deepest = grid[level][0]
+        if level < last and self.cgm_head is not None:
+            # the CGM classifies the bottleneck, which a pruned decoder never reaches: finish the encoder
+            # alone (no nested nodes), so the pruned network filters with the full network's classifier
+            deepest = self.encoder.finish(deepest, level + 1)
+        return self.heads[str(level)](grid[0][level]), aux, deepest
+
+    def _mean_of_heads(self, grid: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Log of the heads' mean softmax: logits whose softmax is the average of the heads' probabilities."""
+        probabilities = torch.stack([torch.softmax(self.heads[k](grid[0][int(k)]).float(), dim=1)
+                                     for k in self.heads]).mean(dim=0)
+        return torch.log(probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny))
 
     @torch.no_grad()
     def forward_heads(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -199,7 +199,9 @@ def unet_weight_map(
         w0, sigma: border term amplitude and width; ``sigma`` is in the units of ``spacing`` (mm when
             spacing is given, voxels otherwise). Paper values: 10 and 5 px.
         class_weights: ``w_c`` policy, see :func:`class_weight_map`.
-        spacing: voxel size per axis; distances are physical when given.
+        spacing: voxel size per axis; distances are physical when given. Leave it None for the paper's
+            σ in pixels: with a sub-millimetre pixdim (microscopy at 0.1 mm) a σ of 5 mm spans 50 px and
+            the border term becomes a near-constant ``w0`` over the background instead of thin ridges.
         background: label value of background.
         labels_are_instances: see ``instance_labels``.
         tol: absolute error allowed on the border term (default ``1e-4 * w0``); it sets the cut-off

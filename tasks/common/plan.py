@@ -13,6 +13,11 @@ JSON form (``plan.json``, ``Plan.model_dump(mode="json")``)::
      "normalization": {"channels": [{"scheme": "zscore"}]},   # per channel: zscore | none | ct (+ clip/mean/std)
      "intensity_statistics": {"cases": [...], "channels": [{"fg_mean": …, "fg_std": …, …}]},
      "patch_size": [48, 48],                  # training patch and default sliding-window size, voxels
+                                              # (a valid-padding network's input tile, e.g. [188, 188])
+     "output_size": null,                     # valid-padding networks only: the output tile the network gives
+                                              # for patch_size, e.g. [100, 100] (smaller by 2 × the margin on
+                                              # each axis; labels and weight maps are cropped to it in training,
+                                              # inference runs overlap-tile); null: output = input (same padding)
      "weight_maps": true,                     # cases carry the U-Net weight map
      "weight_map_objects": "instances",       # what the border term separates: "instances" (given instance maps:
                                               # instancesTr/ or data.instance_labels) | "connected_components"
@@ -107,6 +112,7 @@ class Plan(_Frozen):
     normalization: Normalization
     intensity_statistics: IntensityStatistics | None = None
     patch_size: tuple[int, ...]
+    output_size: tuple[int, ...] | None = None
     weight_maps: bool = False
     weight_map_objects: Literal["instances", "connected_components"] | None = None
     split: Split
@@ -125,6 +131,7 @@ class Plan(_Frozen):
     def _consistent(self) -> Plan:
         if len(self.patch_size) != self.spatial_dims:
             raise ValueError(f"patch_size {list(self.patch_size)} does not have {self.spatial_dims} axes")
+        self._tiles_consistent()
         if len(self.normalization.channels) != self.in_channels:
             raise ValueError(f"normalization has {len(self.normalization.channels)} channels, "
                              f"in_channels is {self.in_channels}")
@@ -133,6 +140,28 @@ class Plan(_Frozen):
         if sorted(self.label_names.values()) != list(range(self.num_classes)):
             raise ValueError(f"label_names {self.label_names} do not number the {self.num_classes} classes 0..N-1")
         return self
+
+    def _tiles_consistent(self) -> None:
+        """A valid-padding network needs its output tile planned (training crops labels to it); the margin
+        must be whole on each side, since the output is the input's centre."""
+        valid = self.network.options.get("padding") == "valid"
+        if valid and self.output_size is None:
+            raise ValueError("network padding 'valid' needs output_size (the output tile): run preprocess again")
+        if self.output_size is None:
+            return
+        if not valid:
+            raise ValueError("output_size is only planned for a network with padding 'valid'")
+        pairs = list(zip(self.patch_size, self.output_size, strict=False))
+        if len(self.output_size) != self.spatial_dims or any(o < 1 or o > p or (p - o) % 2 for p, o in pairs):
+            raise ValueError(f"output_size {list(self.output_size)} is not a centred output tile of "
+                             f"patch_size {list(self.patch_size)}")
+
+    @property
+    def valid_margin(self) -> tuple[int, ...] | None:
+        """Voxels per side a valid-padding network loses (input tile − output tile) / 2; None: same padding."""
+        if self.output_size is None:
+            return None
+        return tuple((p - o) // 2 for p, o in zip(self.patch_size, self.output_size, strict=True))
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -147,8 +176,14 @@ class Plan(_Frozen):
         write_json(path, self.to_json())
 
     def with_network(self, network: NetworkSpec) -> Plan:
-        """The same data plan for another network (``compare`` trains several on one preprocessing)."""
-        return self.model_copy(update={"network": network})
+        """The same data plan for another network (``compare`` trains several on one preprocessing).
+
+        Validated, so a valid-padding variant on a plan without valid tiles is refused here, not mid-training;
+        a same-padding variant drops the output tile (its output is its input's size)."""
+        update: dict[str, Any] = {"network": network.model_dump()}
+        if network.options.get("padding") != "valid":
+            update["output_size"] = None
+        return Plan.model_validate({**self.model_dump(), **update})
 
 
 def build_model(plan: Plan) -> nn.Module:

@@ -24,8 +24,13 @@ COLUMNS = ("variant", "test_dice", "test_iou", "best_val_dice", "parameters", "s
 
 
 def variant_params(params: Params, variant: str) -> Params:
-    """The same config with another network; options specific to the base network are dropped."""
-    return params.model_copy(update={"model": params.model.model_copy(update={"name": variant, "options": {}})})
+    """The same config with another network; options specific to the base network are dropped.
+
+    So are the loss terms that follow the base model's options (deep supervision's weighting, the CGM's
+    weight): a variant without those options has no heads to train, and the schema refuses such a term."""
+    loss_options = {k: v for k, v in params.train.loss_options.items() if k not in ("deep_supervision", "cgm_weight")}
+    return params.model_copy(update={"model": params.model.model_copy(update={"name": variant, "options": {}}),
+                                     "train": params.train.model_copy(update={"loss_options": loss_options})})
 
 
 def format_table(rows: list[dict]) -> str:

@@ -1,11 +1,18 @@
-"""Evaluate: test-set metrics per case for the trained model, logged into its training run."""
+"""Evaluate: test-set metrics per case for the trained model, logged into its training run.
+
+A UNet++ trained with deep supervision is also scored at every level it can be pruned to, and with its
+heads averaged: the UNet++ paper's speed/accuracy trade-off, measured on the user's own test set, is what
+``infer.prune_level`` / ``infer.unetpp_heads`` choose from. Seconds per case time the prediction only
+(the sliding windows on the evaluation device), not the metrics.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +24,7 @@ from tasks.common.plan import Plan
 from tasks.config import Params
 from tasks.evaluation.metrics import dice_per_class, hd95_per_class, iou_per_class
 from tasks.inference.sliding_window import predict_labels
+from tasks.inference.unetpp_modes import model_for_mode, unetpp_levels
 from tasks.tracking.model_package import load_model
 from tasks.training.data_loader import load_cases
 
@@ -27,14 +35,18 @@ class EvaluationResult:
     test_dice: float
     test_iou: float
     cases: list[dict]
+    levels: list[dict] = field(default_factory=list)  # UNet++ with deep supervision: one row per mode
 
 
 def score_cases(model: torch.nn.Module, plan: Plan, items: list[dict], overlap: float,
                 device: torch.device) -> list[dict]:
-    """Per-case test metrics: mean foreground Dice, IoU and HD95, Dice per class, relative volume error."""
+    """Per-case test metrics: mean foreground Dice, IoU and HD95, Dice per class, relative volume error,
+    and the seconds the prediction took."""
     rows = []
     for item in items:
+        started = time.perf_counter()
         prediction = predict_labels(model, item["image"], plan.patch_size, overlap=overlap, device=device)
+        seconds = time.perf_counter() - started  # the labels are on the CPU: the device's work is done
         truth = item["label"][0]
         dice = dice_per_class(prediction, truth, plan.num_classes)
         iou = iou_per_class(prediction, truth, plan.num_classes)
@@ -44,8 +56,45 @@ def score_cases(model: torch.nn.Module, plan: Plan, items: list[dict], overlap: 
                      "iou": float(np.mean(list(iou.values()))), "hd95": float(np.nanmean(list(hd95.values())))
                      if not all(np.isnan(list(hd95.values()))) else float("nan"),
                      **{f"dice_{c}": v for c, v in dice.items()},
-                     "volume_error": abs(int((prediction > 0).sum()) - true_volume) / max(true_volume, 1)})
+                     "volume_error": abs(int((prediction > 0).sum()) - true_volume) / max(true_volume, 1),
+                     "seconds": seconds})
     return rows
+
+
+LEVEL_COLUMNS = ("mode", "test_dice", "test_iou", "seconds_per_case")
+
+
+def score_unetpp_levels(model: torch.nn.Module, plan: Plan, items: list[dict], overlap: float,
+                        device: torch.device) -> list[dict]:
+    """Mean Dice, IoU and seconds per case for UNet++ pruned to L1 .. L{depth-1} and for its heads' mean.
+
+    Empty unless the plan is a UNet++ with deep supervision (no other model has the heads to select).
+    """
+    modes = [(f"L{level}", level, "last") for level in unetpp_levels(plan)]
+    rows = []
+    for name, level, heads in [*modes, *([("heads_mean", None, "mean")] if modes else [])]:
+        cases = score_cases(model_for_mode(model, plan, level, heads), plan, items, overlap, device)
+        dice, iou = summarize(cases)
+        seconds = float(np.mean([c["seconds"] for c in cases])) if cases else float("nan")
+        rows.append({"mode": name, "test_dice": dice, "test_iou": iou, "seconds_per_case": seconds})
+    return rows
+
+
+def _log_levels(rows: list[dict]) -> None:
+    """The level table into the active MLflow run: ``test_dice_L1`` ... metrics and a JSON + Markdown table."""
+    import mlflow
+
+    if not rows:
+        return
+    metrics: dict[str, float] = {}
+    for row in rows:
+        metrics |= {f"test_dice_{row['mode']}": row["test_dice"], f"test_iou_{row['mode']}": row["test_iou"],
+                    f"test_seconds_per_case_{row['mode']}": row["seconds_per_case"]}
+    mlflow.log_metrics(metrics)
+    mlflow.log_table({c: [r[c] for r in rows] for c in LEVEL_COLUMNS}, "evaluation/unetpp_levels.json")
+    lines = [" | ".join(LEVEL_COLUMNS), " | ".join("---" for _ in LEVEL_COLUMNS)]
+    lines += [" | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in LEVEL_COLUMNS) for r in rows]
+    mlflow.log_text("\n".join(lines) + "\n", "evaluation/unetpp_levels.md")
 
 
 def summarize(rows: list[dict]) -> tuple[float, float]:
@@ -71,8 +120,11 @@ def evaluate_model(params: Params, root: Path) -> EvaluationResult:
         item["spacing"] = spacing.get(item["case_id"])
     rows = score_cases(model.to(device), plan, items, params.infer.overlap, device)
     test_dice, test_iou = summarize(rows)
+    levels = score_unetpp_levels(model, plan, items, params.infer.overlap, device)
     metrics_dir = root / "outputs" / "metrics"
-    write_json(metrics_dir / "test.json", {"test_dice": test_dice, "test_iou": test_iou, "cases": len(rows)})
+    write_json(metrics_dir / "test.json", {"test_dice": test_dice, "test_iou": test_iou, "cases": len(rows),
+                                           **({"unetpp_levels": {r["mode"]: {k: v for k, v in r.items() if k != "mode"}
+                                                                 for r in levels}} if levels else {})})
     table = io.StringIO()
     if rows:
         writer = csv.DictWriter(table, fieldnames=list(rows[0]))
@@ -83,4 +135,6 @@ def evaluate_model(params: Params, root: Path) -> EvaluationResult:
         mlflow.log_metrics({"test_dice": test_dice, "test_iou": test_iou})
         if rows:
             mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "evaluation/test_cases.json")
-    return EvaluationResult(run_id=train_info["run_id"], test_dice=test_dice, test_iou=test_iou, cases=rows)
+        _log_levels(levels)
+    return EvaluationResult(run_id=train_info["run_id"], test_dice=test_dice, test_iou=test_iou, cases=rows,
+                            levels=levels)

@@ -4,10 +4,13 @@ Both only ever *remove* foreground, and both say how much they removed: a filter
 deletes a lesion is worse than a false positive, so every case's report carries the counts.
 
 The CGM gate (UNet 3+'s classification-guided module) uses the classifier's "foreground present"
-probability: for 2D images it is one number per image (the most confident of its windows: an image
-holds foreground if any part of it does), for a 2D model run slice by slice one per slice, and for
-3D volumes the Gaussian blend of the windows that cover each voxel — so foreground inside windows
-the classifier rejects is removed, and foreground the segmenter and the classifier agree on stays.
+probability — always :func:`monai_ext.networks.cgm_probability`, the probability the CGM loss trains
+(the windows' probabilities, mirrored TTA passes averaged as probabilities, come from
+:func:`tasks.inference.sliding_window.predict_windows`): for 2D images it is one number per image (the
+most confident of its windows: an image holds foreground if any part of it does), for a 2D model run
+slice by slice one per slice, and for 3D volumes the Gaussian blend of the windows that cover each
+voxel — so foreground inside windows the classifier rejects is removed, and foreground the segmenter
+and the classifier agree on stays.
 """
 
 from __future__ import annotations

@@ -33,10 +33,11 @@ from tasks.inference.inputs import InferCase
 from tasks.inference.postprocess import FilterReport, gate_images, gate_voxels, keep_largest_component
 from tasks.inference.sliding_window import WindowSettings, has_cgm, predict_windows, roi_size_for
 from tasks.inference.studies import LoadedStudy, load_study, shown_name, to_input_space, to_model_space, write_mask
+from tasks.inference.unetpp_modes import model_for_mode
 
 log = logging.getLogger("unetflow.infer")
 
-REPORT_VERSION = 1  # bump when an unchanged input would now give a different output
+REPORT_VERSION = 2  # bump when an unchanged input would now give a different output (2: CGM cgm_probability)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class InferSettings:
     cgm_threshold: float = 0.5
     keep_largest_component: bool = False
     dicom_seg: bool = True
+    prune_level: int | None = None  # UNet++ fast mode (tasks.inference.unetpp_modes)
+    unetpp_heads: str = "last"  # UNet++ accurate mode: "mean"
     tolerance: float = 1e-4
     spacing_tolerance: float = 0.01
     max_voxels: int = 1_000_000_000
@@ -67,6 +70,7 @@ class InferSettings:
                    mirror_tta=infer.mirror_tta, device=infer.device, amp=infer.amp, stitch_device=infer.stitch_device,
                    cgm_filter=infer.cgm_filter, cgm_threshold=infer.cgm_threshold,
                    keep_largest_component=infer.keep_largest_component, dicom_seg=infer.dicom_seg,
+                   prune_level=infer.prune_level, unetpp_heads=infer.unetpp_heads,
                    tolerance=data.geometry_tolerance, spacing_tolerance=data.slice_spacing_tolerance,
                    max_voxels=data.max_voxels, model_id=model_id, input_root=str(input_root))
 
@@ -80,6 +84,8 @@ class InferSettings:
             stat = path.stat()
             files.append([path.name, stat.st_size, stat.st_mtime_ns])
         relevant = {k: v for k, v in asdict(self).items() if k not in ("device", "stitch_device", "input_root")}
+        if self.prune_level is None and self.unetpp_heads == "last":  # defaults: reports from before stay valid
+            del relevant["prune_level"], relevant["unetpp_heads"]
         return json_digest({"version": REPORT_VERSION, "settings": relevant, "files": files}, 24)
 
 
@@ -112,6 +118,7 @@ def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, settings: Infe
         labels = np.stack(slices, axis=-1)
         record.update(level="image" if canonical.shape[2] == 1 else "slice",
                       probabilities=[round(p, 6) for p in probabilities])
+        cgm = cgm and (bool(probabilities) or _classifier_unavailable(record, settings))
         if cgm and settings.cgm_filter:
             labels, report = gate_images(labels, probabilities, settings.cgm_threshold)
             return labels, record, report
@@ -121,6 +128,7 @@ def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, settings: Infe
     labels = prediction.probabilities.argmax(0).to(torch.uint8).numpy()
     del image
     record["level"] = "window"
+    cgm = cgm and (prediction.presence is not None or _classifier_unavailable(record, settings))
     if prediction.window_probabilities:
         p = np.asarray(prediction.window_probabilities)
         record["windows"] = {"count": int(p.size), "rejected": int((p < settings.cgm_threshold).sum()),
@@ -132,10 +140,27 @@ def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, settings: Infe
     return labels, record, FilterReport()
 
 
+def _classifier_unavailable(record: dict[str, Any], settings: InferSettings) -> bool:
+    """A CGM network whose inference mode skips the features the CGM classifies: refuse, or say so.
+
+    Why refuse with ``cgm_filter`` on: a mask that silently skipped the filter the settings ask for would
+    pass for a filtered one. With it off the case is fine and the report says why it has no probabilities.
+    Returns False (no classifier) for the caller to carry on with.
+    """
+    why = "this network's inference mode does not compute the features the CGM classifies (a pruned UNet++)"
+    if settings.cgm_filter:
+        raise ValueError(f"infer.cgm_filter needs the CGM's presence probability, but {why}: set "
+                         "infer.cgm_filter: false, or infer with the full network (infer.prune_level and "
+                         "model.options.prune_level: null)")
+    record.update(available=False, applied=False, reason=why)
+    return False
+
+
 def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path, settings: InferSettings,
                  device: torch.device | None = None) -> dict[str, Any]:
     """Segment one case and write its outputs; returns the report (also written as ``<case>.json``)."""
     device = device or settings.torch_device()
+    model = model_for_mode(model, plan, settings.prune_level, settings.unetpp_heads)  # refused before any reading
     name = shown_name(Path(settings.input_root)) if settings.input_root else shown_name(case.files[0].parent)
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -9,7 +9,9 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from monai_ext.networks import cgm_probability
 from tasks.common.plan import Plan
+from tasks.inference.overlap_tile import output_tile, overlap_tile_inference
 
 
 def roi_size_for(plan: Plan, roi_size: tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -72,6 +74,9 @@ def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings
     unless it fits easily on the GPU), so a large volume never needs a full-size buffer per class on
     the GPU. Windows are blended as softmax probabilities, so mirrored passes and the CGM gate combine
     as probabilities. ``with_class`` (and a CGM head) also blends the presence probability.
+    A valid-padding network (output smaller than its window) runs overlap-tile instead
+    (:mod:`tasks.inference.overlap_tile`): ``roi_size`` is then its input tile, the image is mirrored by
+    the margin and each window's output tile lands in its place, so the result still has the image's size.
     """
     device = torch.device(device)
     tensor = torch.as_tensor(image, dtype=torch.float32)[None]
@@ -95,7 +100,7 @@ def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings
             soft = torch.flip(soft, axes) if axes else soft
             probabilities = soft if probabilities is None else probabilities + soft
             if class_logits is not None:
-                present = torch.sigmoid(class_logits[:, 1].float())
+                present = cgm_probability(class_logits)  # what the CGM loss trains, not sigmoid(column 1)
                 presence = present if presence is None else presence + present
         assert probabilities is not None
         probabilities = probabilities / len(flips)
@@ -103,14 +108,19 @@ def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings
             return probabilities
         presence = presence / len(flips)
         window_probabilities.extend(float(p) for p in presence.cpu())
-        shape = (windows.shape[0], 1, *windows.shape[2:])
+        shape = (windows.shape[0], 1, *probabilities.shape[2:])  # a valid-padding output tile is smaller
         return probabilities, presence.view(-1, *([1] * (spatial_dims + 1))).expand(shape).contiguous()
 
     channels = int(getattr(model, "out_channels", 2))
     stitch = _stitch_device(device, channels, tuple(tensor.shape[2:]), settings.stitch_device)
-    output = sliding_window_inference(
-        tensor, roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size, predictor=predictor,
-        overlap=settings.overlap, mode="gaussian", padding_mode="constant", sw_device=device, device=stitch)
+    out_tile = output_tile(model, settings.roi_size)
+    if out_tile is None:
+        output = sliding_window_inference(
+            tensor, roi_size=settings.roi_size, sw_batch_size=settings.sw_batch_size, predictor=predictor,
+            overlap=settings.overlap, mode="gaussian", padding_mode="constant", sw_device=device, device=stitch)
+    else:  # valid padding: output tiles smaller than the windows, the image mirrored by the margin
+        output = overlap_tile_inference(tensor, settings.roi_size, out_tile, predictor, settings.overlap,
+                                        settings.sw_batch_size, device, stitch)
     if isinstance(output, tuple):
         return WindowedPrediction(output[0][0].float().cpu(), output[1][0].float().cpu(), window_probabilities)
     return WindowedPrediction(output[0].float().cpu())

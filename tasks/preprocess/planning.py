@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from monai_ext.networks.unet import valid_unet_input_size, valid_unet_output_size
 from tasks.common.plan import PLAN_FILE, IntensityStatistics, NetworkSpec, Plan, Split
 from tasks.config import DataConfig, ModelConfig, PreprocessConfig, TrainConfig
 from tasks.preprocess.intensity_stats import normalization_from
@@ -40,6 +41,27 @@ def choose_patch_size(shapes: list[tuple[int, ...]], depth: int, requested: tupl
     return [max(factor, int(min(m, cap)) // factor * factor) for m in median]
 
 
+def choose_valid_tiles(shapes: list[tuple[int, ...]], depth: int, requested: tuple[int, ...] | None,
+                       cap: int = 128) -> tuple[list[int], list[int]]:
+    """(input tile, output tile) of a valid-padding U-Net (the paper's 572 in, 388 out).
+
+    Why not :func:`choose_patch_size`: a multiple of 2**(depth-1) never fits unpadded convs (every map
+    entering a pooling must have even size). The *output* tile is chosen as the same-padding patch would
+    be — the median case shape, capped — rounded up to a size the network can give, so one step supervises
+    about as much of a case as with same padding; the input tile adds the margin the convs lose. A
+    requested ``train.patch_size`` is the input tile and must fit (the error names the nearest sizes).
+    """
+    if requested:
+        try:
+            return list(requested), [valid_unet_output_size(int(size), depth) for size in requested]
+        except ValueError as error:
+            raise ValueError(f"train.patch_size {list(requested)} is not an input tile of the valid-padding "
+                             f"U-Net (model.options.padding: valid): {error}") from None
+    median = np.median(np.array(shapes), axis=0)
+    inputs = [valid_unet_input_size(max(1, int(min(m, cap))), depth) for m in median]
+    return inputs, [valid_unet_output_size(size, depth) for size in inputs]
+
+
 def plan_split(manifest: dict, data: DataConfig) -> Split:
     """The train/val/test split of the manifest's cases, decided before any statistics are taken."""
     return split_cases([c["case_id"] for c in manifest["cases"]], data.val_fraction, data.test_fraction,
@@ -67,6 +89,12 @@ def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, mo
     if spatial_dims == 2 and not flat:
         raise ValueError("model.spatial_dims=2 on volumes is not supported yet: use 3 or 2D images")
     split = split or plan_split(manifest, data)
+    spatial_shapes, depth = [s[:spatial_dims] for s in shapes], len(model.features)
+    output_size = None
+    if model.options.get("padding") == "valid":
+        patch, output_size = choose_valid_tiles(spatial_shapes, depth, train.patch_size)
+    else:
+        patch = choose_patch_size(spatial_shapes, depth, train.patch_size)
     return Plan(
         spatial_dims=spatial_dims,
         in_channels=int(manifest["cases"][0]["channels"]),
@@ -74,8 +102,8 @@ def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, mo
         label_names=manifest["labels"],
         normalization=normalization_from(stats, preprocess.normalization, channel_modalities(manifest)),
         intensity_statistics=IntensityStatistics(cases=split.train, channels=tuple(stats)),
-        patch_size=tuple(choose_patch_size([s[:spatial_dims] for s in shapes], len(model.features),
-                                           train.patch_size)),
+        patch_size=tuple(patch),
+        output_size=None if output_size is None else tuple(output_size),
         weight_maps=preprocess.weight_maps,
         weight_map_objects=weight_map_objects(manifest, preprocess.weight_maps),
         split=split,

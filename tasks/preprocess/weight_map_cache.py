@@ -1,7 +1,9 @@
 """The U-Net paper's weight maps (w_c + w0·exp(−(d1+d2)²/2σ²)), cached on disk.
 
 They are expensive, so each is stored under a key made of the label's sha256 and exactly the
-parameters the map depends on: changing ``w0`` or ``sigma`` recomputes them, nothing else does.
+parameters the map depends on: changing ``w0``, ``sigma`` or its units recomputes them, nothing else
+does. ``sigma_units: voxels`` (default, the paper's σ = 5 px) measures d1, d2 in voxels and ignores the
+header spacing, which then is no part of the key; ``mm`` uses the header spacing (physical distances).
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ from tasks.config import PreprocessConfig
 
 #: Bump when unet_weight_map's output changes, so stale cache entries are not reused.
 #: 2: with instance maps, w_c is balanced over the classes (not foreground vs background).
-WEIGHT_MAP_VERSION = 2
+#: 3: distances in voxels by default (preprocess.sigma_units); before, always in header units (mm).
+WEIGHT_MAP_VERSION = 3
+
+
+def distance_spacing(config: PreprocessConfig, spacing: list[float], spatial_dims: int) -> list[float] | None:
+    """The voxel size the map's distances use: the header's in ``mm``, None (unit voxels) in ``voxels`` —
+    σ in pixels, as in the paper, whatever pixdim a microscope wrote (0.1 mm would make σ = 50 px)."""
+    return [float(s) for s in spacing[:spatial_dims]] if config.sigma_units == "mm" else None
 
 
 def weight_map_key(label_sha256: str, config: PreprocessConfig, spacing: list[float],
                    labels_are_instances: bool = True) -> str:
     """Cache key: the label's hash and exactly the parameters the map depends on, nothing else —
-    so normalisation, training or model settings never invalidate the (expensive) weight maps."""
+    so normalisation, training or model settings never invalidate the (expensive) weight maps.
+    The spacing counts only in ``mm`` (in voxels the map does not depend on it)."""
+    used = [float(s) for s in spacing] if config.sigma_units == "mm" else None
     return json_digest({"label": label_sha256, "w0": config.w0, "sigma": config.sigma,
-                          "class_weights": config.class_weights, "spacing": spacing,
+                          "sigma_units": config.sigma_units, "class_weights": config.class_weights, "spacing": used,
                           "instances": labels_are_instances, "version": WEIGHT_MAP_VERSION}, 32)
 
 
@@ -62,12 +73,13 @@ def _weight_map(objects: np.ndarray, classes: np.ndarray | None, config: Preproc
         return array[..., 0] if spatial_dims == 2 else array
 
     class_weights = None if config.class_weights == "none" else config.class_weights
+    sampling = distance_spacing(config, spacing, spatial_dims)
     if classes is None or not labels_are_instances:
         weights = unet_weight_map(squeeze(objects), w0=config.w0, sigma=config.sigma, class_weights=class_weights,
-                                  spacing=spacing[:spatial_dims], labels_are_instances=labels_are_instances)
+                                  spacing=sampling, labels_are_instances=labels_are_instances)
     else:  # border term of the instances (w_c = 0 there), plus w_c of the classes: exactly the sum, in float32
         border = unet_weight_map(squeeze(objects), w0=config.w0, sigma=config.sigma, class_weights={0: 0.0, 1: 0.0},
-                                 spacing=spacing[:spatial_dims], labels_are_instances=True)
+                                 spacing=sampling, labels_are_instances=True)
         weights = class_weight_map(squeeze(classes), class_weights, labels_are_instances=False) + border
     weights = weights.astype(np.float32)
     return weights[..., None] if spatial_dims == 2 else weights

@@ -26,16 +26,17 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def centre_patch(image: np.ndarray, patch: Sequence[int]) -> np.ndarray:
-    """``C×spatial`` cut (or zero-padded, after normalisation zero is the mean) to ``patch``, centred."""
-    out = np.zeros((image.shape[0], *patch), dtype=np.float32)
-    source, target = [slice(None)], [slice(None)]
-    for size, want in zip(image.shape[1:], patch, strict=True):
-        keep = min(size, want)
-        start, offset = (size - keep) // 2, (want - keep) // 2
-        source.append(slice(start, start + keep))
-        target.append(slice(offset, offset + keep))
-    out[tuple(target)] = image[tuple(source)]
-    return out
+    """``C×spatial`` cut to ``patch`` around the centre; an axis shorter than the patch is mirrored out first
+    (what a valid-padding network's input tiles hold at the border, and closer to real content than zeros)."""
+    for axis, want in enumerate(patch, start=1):
+        while image.shape[axis] < want:  # numpy's reflect cannot add more than size - 1 at once
+            grow = min(want - image.shape[axis], image.shape[axis] - 1) if image.shape[axis] > 1 else want - 1
+            widths = [(0, 0)] * image.ndim
+            widths[axis] = (grow // 2, grow - grow // 2)
+            image = np.pad(image, widths, mode="reflect" if image.shape[axis] > 1 else "edge")
+    starts = [(size - want) // 2 for size, want in zip(image.shape[1:], patch, strict=True)]
+    window = tuple(slice(start, start + want) for start, want in zip(starts, patch, strict=True))
+    return np.ascontiguousarray(image[(slice(None), *window)], dtype=np.float32)
 
 
 def _batches(items: Sequence[dict], patch: Sequence[int], batch_size: int, max_batches: int) -> Iterator[np.ndarray]:

@@ -39,13 +39,17 @@ from monai.transforms import (
 )
 
 from monai_ext.transforms import RandUNetElasticd
+from monai_ext.transforms.elastic import StoreSpatialShaped
 from tasks.common.plan import Plan
 from tasks.config import AugmentConfig
+from tasks.training.valid_padding import valid_padding_steps
 
 # How each key is resampled by spatial transforms: the label must stay in its label set.
 INTERPOLATION = {"image": "bilinear", "label": "nearest", "weight": "bilinear"}
 # Largest extra context (per side, as a fraction of the patch) cropped around a patch for deformation.
 MAX_MARGIN_FRACTION = 0.25
+# Where the whole image's shape rides past the crop to the paper's elastic (which removes it again).
+ELASTIC_EXTENT_KEY = "elastic_extent"
 
 
 def load_cases(preprocessed_dir: Path, case_ids: list[str]) -> list[dict[str, np.ndarray]]:
@@ -134,8 +138,12 @@ def elastic_transform(plan: Plan, config: AugmentConfig, keys: list[str]) -> Map
     if config.elastic == "none" or config.elastic_prob == 0:
         return None
     if config.elastic == "paper":
+        # The grid spans the whole image (its shape stored before the crop by ``elastic_context``), as in the
+        # paper, not the patch: nodes a patch apart would strain the patch image/patch times more. The plan
+        # carries no voxel spacing (cases keep their own, unresampled), so displacements are in voxels of
+        # every axis (spacing=None, isotropic); RandUNetElasticd scales them per axis once a spacing is known.
         return RandUNetElasticd(keys, prob=config.elastic_prob, grid=config.grid, sigma_px=config.sigma_px,
-                                mode=modes, padding_mode="reflect")
+                                mode=modes, padding_mode="reflect", spacing=None, extent_key=ELASTIC_EXTENT_KEY)
     dims = plan.spatial_dims
     low, high = config.elastic_magnitude
     common: dict[str, Any] = {"keys": keys, "prob": config.elastic_prob, "mode": modes, "padding_mode": "reflection"}
@@ -144,6 +152,15 @@ def elastic_transform(plan: Plan, config: AugmentConfig, keys: list[str]) -> Map
     scale = 1.0 / _smoothed_noise_std(config.elastic_sigma, dims)
     return Rand3DElasticd(sigma_range=(config.elastic_sigma, config.elastic_sigma),
                           magnitude_range=(low * scale, high * scale), **common)
+
+
+def elastic_context(config: AugmentConfig, keys: list[str]) -> list[MapTransform]:
+    """What the paper's elastic needs from before padding and crop: the image's shape, which its grid spans
+    (not the padding: a mirrored margin or a pad up to the crop is no part of the paper's image). Empty
+    whenever no ``RandUNetElasticd`` runs, so the extra key never reaches a batch."""
+    if not config.enabled or config.elastic != "paper" or config.elastic_prob == 0:
+        return []
+    return [StoreSpatialShaped(keys[0], ELASTIC_EXTENT_KEY)]
 
 
 def _rotate90_axes(patch: Sequence[int]) -> tuple[int, int] | None:
@@ -194,6 +211,8 @@ def training_transforms(plan: Plan, augment: AugmentConfig | bool = True) -> Com
     crop = [size + 2 * margin for size, margin in zip(patch, _deformation_margin(config, patch), strict=True)]
     steps: list[Any] = [
         LoadPreprocessedd(keys),
+        *elastic_context(config, keys),  # the image's own shape, before any padding: what the paper's grid spans
+        *valid_padding_steps(plan, keys, crop),  # valid-padding U-Net: mirrored by its margin
         SpatialPadd(keys, spatial_size=crop),
         EnsureTyped(keys, track_meta=False),
         # Half the patches centred on foreground, as nnU-Net does, so small objects are seen.

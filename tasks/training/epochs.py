@@ -14,6 +14,7 @@ from tasks.common.plan import Plan
 from tasks.config import TrainConfig
 from tasks.evaluation.metrics import dice_per_class
 from tasks.inference.sliding_window import predict_labels
+from tasks.training.valid_padding import crop_to_output
 
 
 def run_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
@@ -32,6 +33,7 @@ def run_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer: torc
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=amp):
             output = model(image)
+        label, weight = crop_to_output(output, label, weight)  # valid padding: the output is the centre
         loss = loss_fn(output, label, weight)
         scaler.scale(loss).backward()
         if config.grad_clip > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from tests.preprocess.conftest import TINY, make_params, preprocess, write_case, write_manifest
 
@@ -88,3 +89,40 @@ def test_with_instance_maps_w_c_balances_the_classes_and_binary_maps_stay_bit_id
                                   classes=(instances > 0).astype(np.uint8))
     assert np.array_equal(binary[..., 0], unet_weight_map(instances[..., 0], w0=config.w0, sigma=config.sigma,
                                                           spacing=(1.0, 1.0)))
+
+
+def _touching_discs() -> np.ndarray:
+    """Four discs (r = 12 px) 3 px apart in a 64² image (X×Y×1): cells as a microscope stores them."""
+    yy, xx = np.indices((64, 64))
+    instances = np.zeros((64, 64, 1), np.uint16)
+    for k, (cy, cx) in enumerate([(18, 18), (18, 45), (45, 18), (45, 45)], start=1):
+        instances[(yy - cy) ** 2 + (xx - cx) ** 2 <= 12**2, 0] = k
+    return instances
+
+
+def test_sigma_is_in_pixels_by_default_whatever_the_header_spacing(tmp_path):
+    """The paper's σ = 5 is in pixels: a 0.1 mm pixdim must not turn it into 50 px (+w0 on all background)."""
+    from monai_ext.transforms.weight_maps import class_weight_map, unet_weight_map
+    from tasks.config import PreprocessConfig
+    from tasks.preprocess.weight_map_cache import cached_weight_map
+
+    instances, config = _touching_discs(), PreprocessConfig()
+    assert config.sigma_units == "voxels"
+    fine, cached = cached_weight_map(instances, "discs", [0.1, 0.1, 1.0], config, tmp_path / "a", 2)
+    unit, _ = cached_weight_map(instances, "discs", [1.0, 1.0, 1.0], config, tmp_path / "b", 2)
+    assert not cached and np.array_equal(fine, unit)
+    objects = instances[..., 0]
+    border = fine[..., 0] - class_weight_map(objects, config.class_weights)
+    far = ndimage.distance_transform_edt(objects == 0) > 2 * config.sigma  # > 10 px from every cell
+    assert far.sum() > 50 and border[far].max() < 1e-3 * config.w0  # nothing far from the cells
+    assert border[18, 31] > 0.5 * config.w0 and border[31, 18] > 0.5 * config.w0  # the gaps between them
+    # in voxels the header spacing is no part of the key: another pixdim hits the same entry
+    assert cached_weight_map(instances, "discs", [1.0, 1.0, 1.0], config, tmp_path / "a", 2)[1] is True
+
+    physical = PreprocessConfig(sigma_units="mm")  # today's behaviour, for anisotropic 3D: σ = 5 mm = 50 px
+    mm, cached = cached_weight_map(instances, "discs", [0.1, 0.1, 1.0], physical, tmp_path / "a", 2)
+    assert not cached  # the units are part of the key
+    assert np.array_equal(mm[..., 0], unet_weight_map(objects, w0=physical.w0, sigma=physical.sigma,
+                                                      spacing=(0.1, 0.1)))
+    border_mm = mm[..., 0] - class_weight_map(objects, physical.class_weights)
+    assert border_mm[far].min() > 0.5 * physical.w0  # a near-constant +w0 over the whole background

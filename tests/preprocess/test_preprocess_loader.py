@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from monai.data import CacheDataset
+from monai.data import CacheDataset, DataLoader
 from scipy import ndimage
 
 from monai_ext.losses import build_loss
-from monai_ext.transforms import RandUNetElasticd, unet_weight_map
+from monai_ext.transforms import RandUNetElasticd, coarse_to_dense_displacement, unet_weight_map
 from tasks.common.plan import Plan
 from tasks.config import AugmentConfig, validate_params
 from tasks.training.data_loader import (
@@ -96,6 +96,47 @@ def test_paper_elastic_and_disabled_augmentation_from_params():
     anisotropic = training_transforms(loader_plan(3, [16, 24, 24]).model_copy(update={"weight_maps": False}))
     rot = [t for t in anisotropic.transforms if type(t).__name__ == "RandRotate90d"]
     assert rot and rot[0].spatial_axes == (1, 2)
+
+
+def _mean_abs_displacement_gradient(rows: np.ndarray, cols: np.ndarray) -> float:
+    """Strain of a field read off two warped coordinate ramps (bilinear warps a ramp exactly): the
+    Jacobian of ``x + u(x)`` minus identity. Voxels the warp pulled from beyond the crop (a reflected ramp:
+    the Jacobian's diagonal turns negative) are left out: they say where the margin ended, not how the
+    field bends."""
+    jacobian = np.stack([np.stack(np.gradient(ramp.astype(np.float64))) for ramp in (rows, cols)])
+    inside = (jacobian[0, 0] > 0.2) & (jacobian[1, 1] > 0.2)
+    assert inside.mean() > 0.8
+    strain = np.abs(jacobian - np.eye(2)[:, :, None, None])
+    return float(strain[:, :, inside].mean())
+
+
+def test_paper_elastic_strain_follows_the_whole_image_grid_not_the_patch():
+    """The paper's 3x3 grid spans the image: a 128 patch of a 512 image is strained like the image's field
+    there, not ~3x more (a grid laid over the cropped patch puts its nodes ~3x closer)."""
+    size, patch, draws = 512, 128, 30
+    plan = loader_plan(2, [patch, patch])
+    config = AugmentConfig(elastic="paper", elastic_prob=1.0, grid=3, sigma_px=10.0, **STILL)
+    rows, cols = np.indices((size, size), dtype=np.float32)
+    label = np.zeros((1, size, size), np.uint8)
+    label[0, 192:320, 192:320] = 1
+    item = {"image": rows[None], "label": label, "weight": cols[None]}  # image, weight: coordinate ramps
+    transform = training_transforms(plan, config)
+    patched = []
+    for seed in range(draws):
+        out = transform.set_random_state(seed)(item)[0]
+        assert set(out) == {"image", "label", "weight"}  # the image's shape rode along and was dropped
+        patched.append(_mean_abs_displacement_gradient(out["image"].numpy()[0], out["weight"].numpy()[0]))
+    rng = np.random.default_rng(0)
+    whole = []  # the paper's field over the whole image, seen through a 128 window anywhere in it
+    for _ in range(draws):
+        field = coarse_to_dense_displacement(rng.normal(0.0, 10.0, size=(2, 3, 3)), (size, size))
+        x, y = rng.integers(0, size - patch + 1, size=2)
+        window = field[:, x:x + patch, y:y + patch]
+        whole.append(float(np.abs(np.stack([np.stack(np.gradient(c)) for c in window])).mean()))
+    ratio = np.mean(patched) / np.mean(whole)
+    assert 0.75 < ratio < 1.33, ratio
+    batch = next(iter(DataLoader(CacheDataset([item, item], transform, progress=False), batch_size=2)))
+    assert set(batch) == {"image", "label", "weight"}  # collated batches carry only the data
 
 
 @pytest.fixture

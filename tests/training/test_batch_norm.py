@@ -12,12 +12,13 @@ def items(count: int, size: int = 64) -> list[dict]:
     return [{"image": (rng.normal(size=(1, size + 6, size - 4)) * 3 + 5).astype(np.float32)} for _ in range(count)]
 
 
-def test_centre_patch_cuts_and_pads_around_the_centre():
+def test_centre_patch_cuts_and_mirrors_around_the_centre():
     image = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
-    patch = centre_patch(image, (3, 5))
-    assert patch.shape == (2, 3, 5)
-    np.testing.assert_array_equal(patch[:, :, 1:4], image[:, 1:4, :])
-    assert not patch[:, :, 0].any() and not patch[:, :, 4].any()
+    patch = centre_patch(image, (3, 7))
+    assert patch.shape == (2, 3, 7)
+    np.testing.assert_array_equal(patch[:, :, 2:5], image[:, 1:4, :])  # centre rows, all columns
+    np.testing.assert_array_equal(patch[:, :, 1], image[:, 1:4, 1])  # mirrored, not zeros
+    assert centre_patch(image, (2, 40)).shape == (2, 2, 40)  # more than one reflection
 
 
 def test_recalibrated_eval_mode_matches_train_mode_on_the_training_images():

@@ -103,3 +103,49 @@ def test_coarse_field_interpolates_nodes_at_corners() -> None:
     np.testing.assert_allclose(dense[:, ::10, ::15], coarse, atol=1e-6)
     with pytest.raises(ValueError):
         RandUNetElasticd(KEYS, mode=("bilinear", "nearest", "sideways"))
+
+
+@pytest.mark.parametrize(("extent", "window", "offset"),
+                         [((60, 80), (20, 30), (17, 41)), ((30, 26, 22), (9, 8, 7), (4, 18, 0))])
+def test_window_of_the_whole_image_field_is_its_crop(extent, window, offset) -> None:
+    """The paper's grid laid over the whole image, evaluated on a patch only, is the whole field cropped."""
+    coarse = np.random.default_rng(1).normal(0.0, 10.0, size=(len(extent), *([3] * len(extent))))
+    full = coarse_to_dense_displacement(coarse, extent)
+    # the separable spline is the cubic zoom the field always was (corner aligned, mirror boundary)
+    zoom = [ndimage.zoom(c, [e / 3 for e in extent], order=3, mode="mirror", grid_mode=False) for c in coarse]
+    np.testing.assert_allclose(full, np.stack(zoom), atol=1e-9)
+    part = coarse_to_dense_displacement(coarse, window, extent=extent, offset=offset)
+    crop = (slice(None), *(slice(o, o + w) for o, w in zip(offset, window, strict=True)))
+    np.testing.assert_allclose(part, full[crop], atol=1e-9)
+
+
+def test_grid_spans_the_stored_extent_and_the_key_never_leaves() -> None:
+    """A patch cut from a larger image: the field is the image's, at a window the transform draws."""
+    from monai_ext.transforms.elastic import StoreSpatialShaped, warp
+
+    rng = np.random.default_rng(2)
+    whole = {"image": rng.random((1, 96, 80)).astype(np.float32), "label": rng.random((1, 96, 80)) > 0.5}
+    sample = StoreSpatialShaped("image", "extent")(whole)
+    assert sample["extent"] == (96, 80)
+    sample = {**sample, "image": whole["image"][:, 30:54, 7:27], "label": whole["label"][:, 30:54, 7:27]}
+    t = RandUNetElasticd(("image", "label"), prob=1.0, mode=("bilinear", "nearest"), extent_key="extent")
+    out = t.set_random_state(4)(sample)
+    assert "extent" not in out and "extent" in sample  # removed from the output only
+    assert t._offset is not None
+    assert all(0 <= o <= e - s for o, e, s in zip(t._offset, (96, 80), (24, 20), strict=True))
+    field = coarse_to_dense_displacement(t._coarse, (24, 20), extent=(96, 80), offset=t._offset)
+    np.testing.assert_allclose(out["image"], warp(sample["image"], field, order=1), atol=1e-6)
+    skipped = RandUNetElasticd(("image",), prob=0.0, extent_key="extent")(sample)
+    assert "extent" not in skipped and skipped["image"] is sample["image"]
+
+
+def test_anisotropic_spacing_scales_node_displacements_to_the_finest_axis() -> None:
+    """sigma_px is in voxels of the finest axis: a 5x coarser slice axis moves 5x fewer slices."""
+    iso = RandUNetElasticd(("image",), prob=1.0, sigma_px=10.0).set_random_state(0)
+    aniso = RandUNetElasticd(("image",), prob=1.0, sigma_px=10.0, spacing=(5.0, 1.0, 1.0)).set_random_state(0)
+    iso.randomize((8, 32, 32))
+    aniso.randomize((8, 32, 32))
+    np.testing.assert_allclose(aniso._coarse[0], iso._coarse[0] / 5.0)
+    np.testing.assert_allclose(aniso._coarse[1:], iso._coarse[1:])
+    with pytest.raises(ValueError, match="spacing"):
+        RandUNetElasticd(("image",), spacing=(0.0, 1.0))

@@ -1,19 +1,14 @@
-"""The one configuration of a unetflow project: ``params.yaml`` validated by a pydantic schema.
+"""The sections of ``params.yaml``: one pydantic model per section, each refusing unknown keys.
 
-Every section forbids unknown keys, so a typo (``train.epoch``) is refused before any work starts,
-with a message that names the key, instead of being silently ignored. Command-line overrides
-(``--set train.epochs=3``) are applied to the raw mapping before validation, so they pass through
-exactly the same checks.
+Each section checks what it can on its own (ranges, known networks and losses, a network's widths and
+options); rules that tie sections together live on :class:`~tasks.config.params.Params`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from monai_ext.losses import LOSS_REGISTRY, build_loss
 from monai_ext.networks import NetworkConfigError, available_networks, check_network_config, network_options
@@ -23,11 +18,11 @@ class ConfigError(ValueError):
     """A ``params.yaml`` (or an override) that does not fit the schema."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the raw inbox lies, what kind of source it is, how cases are validated and split.
 
     ``source`` picks the reader: an nnU-Net raw / MSD folder (``dataset.json``, ``imagesTr/``,
@@ -86,14 +81,18 @@ class DataConfig(_Section):
         return self
 
 
-class PreprocessConfig(_Section):
+class PreprocessConfig(Section):
     """U-Net weight maps (w_c + w0·exp(−(d1+d2)²/2σ²)) and intensity normalisation.
 
     ``normalization`` follows nnU-Net: ``auto`` picks, per channel, ``ct`` for CT (clip to the training
     foreground's 0.5/99.5 percentiles, z-score with its mean/std) and ``zscore`` (per image) otherwise.
     Weight maps are cached in ``weight_map_cache`` under the label hash + w0/σ/class weights, so only a
-    change of those recomputes them. ``intensity_samples`` caps the foreground voxels drawn per training
-    case for the statistics (nnU-Net: 10000), which keeps the pass over a large dataset cheap.
+    change of those recomputes them. ``sigma_units``: the distances d1, d2 and σ are in ``voxels`` (the
+    paper's σ = 5 is in pixels; the header spacing is ignored, so microscopy stored at 0.1 mm pixdim still
+    gets a border term between the cells rather than +w0 over all background) or in ``mm`` (header
+    spacing: physical distances, for anisotropic 3D). ``intensity_samples`` caps the foreground voxels
+    drawn per training case for the statistics (nnU-Net: 10000), which keeps the pass over a large dataset
+    cheap.
     ``runner``: ``threads`` (``workers`` threads) or ``dask`` (``workers`` local processes, or the
     cluster at ``dask_address``; needs the ``dask`` extra); weight maps are pure Python/NumPy work
     that threads share under the GIL, so a large dataset gains from processes.
@@ -103,6 +102,7 @@ class PreprocessConfig(_Section):
     weight_maps: bool = True
     w0: float = Field(10.0, ge=0.0)
     sigma: float = Field(5.0, gt=0.0)
+    sigma_units: Literal["voxels", "mm"] = "voxels"
     class_weights: Literal["balanced", "none"] = "balanced"
     normalization: Literal["auto", "zscore", "ct", "none"] = "auto"
     weight_map_cache: str = "outputs/cache/weight_maps"
@@ -112,7 +112,7 @@ class PreprocessConfig(_Section):
     dask_address: str | None = None
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """Which member of the U-Net family to build (see ``monai_ext.networks.build_network``).
 
     ``norm``: ``batch``, ``instance`` (nnU-Net's choice for small batches), ``group`` or none, for every
@@ -166,7 +166,7 @@ class ModelConfig(_Section):
         return self
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Training-time augmentation and the loader that runs it (``train.augment``).
 
     Spatial transforms move image, label and weight map together (label by nearest neighbour, so it
@@ -211,7 +211,7 @@ class AugmentConfig(_Section):
         return value
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """How the trainer executes the plan."""
 
     output_dir: str = "outputs/model"
@@ -244,7 +244,7 @@ class TrainConfig(_Section):
         return self
 
 
-class InferConfig(_Section):
+class InferConfig(Section):
     """Batch segmentation of new studies (``unetflow infer``); preprocessing itself comes from the model's plan.
 
     Windows: ``roi_size`` (null: the plan's patch size), ``overlap``, ``sw_batch_size`` windows per forward
@@ -258,6 +258,8 @@ class InferConfig(_Section):
     ``keep_largest_component`` keeps one connected component per class. ``dicom_seg`` also writes a
     DICOM SEG for DICOM inputs. ``runner``: ``threads`` (``workers`` threads) or ``dask`` (``workers``
     local processes, or the cluster at ``dask_address``; needs the ``dask`` extra).
+    A UNet++ trained with deep supervision runs pruned to ``prune_level`` or averages its heads
+    (``unetpp_heads: mean``); see :mod:`tasks.config.deep_supervision`.
     """
 
     input_dir: str = "data/imagesTs"
@@ -277,9 +279,11 @@ class InferConfig(_Section):
     runner: Literal["threads", "dask"] = "threads"
     workers: int = Field(2, gt=0)
     dask_address: str | None = None
+    prune_level: int | None = Field(None, ge=1)
+    unetpp_heads: Literal["last", "mean"] = "last"
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     """MLflow: a SQLite store in the project folder unless a tracking URI is given."""
 
     uri: str | None = None
@@ -287,87 +291,3 @@ class TrackingConfig(_Section):
     experiment: str = "unetflow"
     model_name: str = "unetflow-segmenter"
     system_metrics: bool = True
-
-
-class Params(_Section):
-    data: DataConfig = Field(default_factory=DataConfig)
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    infer: InferConfig = Field(default_factory=InferConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-
-    @model_validator(mode="after")
-    def _weighted_loss_has_weights(self) -> Params:
-        if self.train.loss == "wce" and not self.preprocess.weight_maps:
-            raise ValueError("train.loss 'wce' needs preprocess.weight_maps: true")
-        return self
-
-    def flat(self) -> dict[str, Any]:
-        """``{"train.epochs": 30, ...}`` — the form MLflow params and DVC ``params:`` use."""
-        return dict(_flatten(self.model_dump(mode="json")))
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            yield from _flatten(value, f"{name}.")
-        else:
-            yield name, value
-
-
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        if item["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{key}'")
-        else:
-            lines.append(f"'{key}': {item['msg']}")
-    return "invalid params: " + "; ".join(lines)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.epochs=3"`` → ``(["train", "epochs"], 3)``; the value is read as YAML."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form section.key=value")
-    key, raw = text.split("=", 1)
-    path = [part for part in key.strip().split(".") if part]
-    if not path:
-        raise ConfigError(f"override {text!r} names no key")
-    return path, yaml.safe_load(raw) if raw.strip() else None
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    for text in overrides:
-        path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
-    return raw
-
-
-def validate_params(raw: Mapping[str, Any] | None) -> Params:
-    try:
-        return Params.model_validate(dict(raw or {}))
-    except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
-
-
-def load_params(path: str | Path | None = "params.yaml", overrides: Iterable[str] = ()) -> Params:
-    """Read, override and validate ``params.yaml``; a missing file means all defaults."""
-    raw: dict[str, Any] = {}
-    if path is not None and Path(path).exists():
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
-        raw = loaded or {}
-    return validate_params(apply_overrides(raw, overrides))
