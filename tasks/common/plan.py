@@ -23,11 +23,19 @@ JSON form (``plan.json``, ``Plan.model_dump(mode="json")``)::
                                               # instancesTr/ or data.instance_labels) | "connected_components"
                                               # (none given: each class split into its connected components,
                                               # so touching objects of one class count as one) | null (no maps)
+     "target_spacing": [0.7, 0.7, 2.5],      # mm, dataset (RAS) axis order: nnU-Net v2's rule (per-axis median;
+                                              # an anisotropic coarse axis at its 10th percentile) or the
+                                              # preprocess.target_spacing override; null: no case spacings.
+                                              # Recorded only: nothing resamples to it yet (issue #15)
+     "fingerprint": {"num_cases": 40,         # what target_spacing was chosen from (tasks.preprocess.fingerprint)
+                     "spacing": {"median": [...], "min": [...], "max": [...]},   # per axis, mm
+                     "median_shape": [512, 512, 42]},                            # per axis, voxels
      "split": {"train": [...], "val": [...], "test": [...]},
      "network": {"name": "unet", "features": [16, 32, 64, 128], "norm": "batch", "options": {}}}
 
 Older plans (before ``version``) wrote the network options flat next to ``name`` and could hold a
-single-scheme normalisation (``{"scheme": "zscore"}``); both still load, into this form.
+single-scheme normalisation (``{"scheme": "zscore"}``); both still load, into this form. Plans from before
+``target_spacing`` and ``fingerprint`` load with both null.
 """
 
 from __future__ import annotations
@@ -115,6 +123,8 @@ class Plan(_Frozen):
     output_size: tuple[int, ...] | None = None
     weight_maps: bool = False
     weight_map_objects: Literal["instances", "connected_components"] | None = None
+    target_spacing: tuple[float, ...] | None = None
+    fingerprint: dict[str, Any] | None = None
     split: Split
     network: NetworkSpec
 

@@ -92,7 +92,8 @@ class PreprocessConfig(Section):
     gets a border term between the cells rather than +w0 over all background) or in ``mm`` (header
     spacing: physical distances, for anisotropic 3D). ``intensity_samples`` caps the foreground voxels
     drawn per training case for the statistics (nnU-Net: 10000), which keeps the pass over a large dataset
-    cheap.
+    cheap. ``target_spacing`` (mm, X/Y/Z) replaces the spacing planning chooses from the dataset fingerprint
+    (nnU-Net v2's rule, ``tasks.preprocess.fingerprint``); it is only recorded in the plan so far.
     ``runner``: ``threads`` (``workers`` threads) or ``dask`` (``workers`` local processes, or the
     cluster at ``dask_address``; needs the ``dask`` extra); weight maps are pure Python/NumPy work
     that threads share under the GIL, so a large dataset gains from processes.
@@ -107,6 +108,7 @@ class PreprocessConfig(Section):
     normalization: Literal["auto", "zscore", "ct", "none"] = "auto"
     weight_map_cache: str = "outputs/cache/weight_maps"
     intensity_samples: int = Field(10000, gt=0)
+    target_spacing: tuple[float, ...] | None = None
     runner: Literal["threads", "dask"] = "threads"
     workers: int = Field(2, gt=0)
     dask_address: str | None = None

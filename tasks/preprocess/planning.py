@@ -14,6 +14,7 @@ import numpy as np
 from monai_ext.networks.unet import valid_unet_input_size, valid_unet_output_size
 from tasks.common.plan import PLAN_FILE, IntensityStatistics, NetworkSpec, Plan, Split
 from tasks.config import DataConfig, ModelConfig, PreprocessConfig, TrainConfig
+from tasks.preprocess.fingerprint import plan_spacing
 from tasks.preprocess.intensity_stats import normalization_from
 
 
@@ -95,6 +96,7 @@ def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, mo
         patch, output_size = choose_valid_tiles(spatial_shapes, depth, train.patch_size)
     else:
         patch = choose_patch_size(spatial_shapes, depth, train.patch_size)
+    target_spacing, fingerprint = plan_spacing(manifest, preprocess.target_spacing)  # recorded, not yet applied
     return Plan(
         spatial_dims=spatial_dims,
         in_channels=int(manifest["cases"][0]["channels"]),
@@ -106,6 +108,8 @@ def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, mo
         output_size=None if output_size is None else tuple(output_size),
         weight_maps=preprocess.weight_maps,
         weight_map_objects=weight_map_objects(manifest, preprocess.weight_maps),
+        target_spacing=target_spacing,
+        fingerprint=fingerprint,
         split=split,
         network=network_spec(model),
     )
