@@ -208,8 +208,8 @@ class SegmentationNetwork(nn.Module):
         batch inference post-filters with the classifier's probability (always
         :func:`~monai_ext.networks.outputs.cgm_probability`, the one the loss trains). The logits are exactly
         what ``forward`` returns in the current mode when it returns a tensor (eval: gated only if
-        ``cgm_gate``); call it on a model in eval mode. The class logits are None also when this mode's
-        forward does not reach the features the CGM classifies (a pruned UNet++), see :meth:`_class_logits`.
+        ``cgm_gate``); call it on a model in eval mode. In every mode the CGM classifies the bottleneck
+        (a pruned UNet++ finishes its encoder for it), see :meth:`_class_logits`.
         """
         self.check_input(x)
         spatial = [int(s) for s in x.shape[2:]]
@@ -223,20 +223,22 @@ class SegmentationNetwork(nn.Module):
         return logits, class_logits
 
     def _class_logits(self, deepest: torch.Tensor, padded: torch.Tensor) -> torch.Tensor | None:
-        """The CGM head on ``deepest``, or None when ``deepest`` is not the bottleneck it was built on.
+        """The CGM head on ``deepest`` (None: no CGM head), which must be the bottleneck it was built on.
 
-        Why the check: the head is built for the bottleneck (:meth:`_init_cgm`), but a sub-network that
-        stops above it (UNet++ pruned to L1..L{n-2} in eval) hands back a shallower map. Fed that, the head
-        crashed on the width or, were the widths equal, would classify the wrong level without a word;
-        None lets the caller say the classifier is unavailable. The bottleneck of a padding network lies at
-        ``padded / size_divisor``; the valid-padding U-Net cannot be cut short, so only the width is checked.
+        Why the check: ``forward_parts`` must return the bottleneck as its third value in every mode (a
+        pruned UNet++ finishes its encoder for it). A shallower map would crash the head on its width or,
+        were the widths equal, be classified at the wrong level without a word, so a network that breaks
+        the contract fails loudly here. The bottleneck of a padding network lies at ``padded /
+        size_divisor``; the valid-padding U-Net cannot be cut short, so only the width is checked there.
         """
         head = self.cgm_head
-        if head is None or deepest.shape[1] != head.conv.in_channels:
+        if head is None:
             return None
-        if self.pads_input and any(int(d) * self.size_divisor != int(p)
-                                   for d, p in zip(deepest.shape[2:], padded.shape[2:], strict=True)):
-            return None
+        wrong_size = self.pads_input and any(int(d) * self.size_divisor != int(p)
+                                             for d, p in zip(deepest.shape[2:], padded.shape[2:], strict=True))
+        if deepest.shape[1] != head.conv.in_channels or wrong_size:
+            raise RuntimeError(f"{type(self).__name__}.forward_parts returned a {tuple(deepest.shape[1:])} map "
+                               f"for the CGM, not the bottleneck it classifies")
         return head(deepest)
 
     def _finish_aux(

@@ -111,8 +111,6 @@ class UNetPlusPlus(SegmentationNetwork):
             raise NetworkConfigError("prune_level", f"prune_level must be in 1..{last} or None, got {level}")
         if level < last and not options.get("deep_supervision"):
             raise NetworkConfigError("prune_level", "prune_level below the last level needs deep_supervision=True")
-        if level < last and options.get("cgm_gate"):
-            raise NetworkConfigError("prune_level", "cgm_gate needs the bottleneck, which a pruned UNet++ skips")
 
     def prune(self, level: int | None) -> UNetPlusPlus:
         """Select the inference sub-network (UNet++ L``level``); None restores the full network."""
@@ -123,8 +121,6 @@ class UNetPlusPlus(SegmentationNetwork):
                 raise ValueError(
                     "pruning below the last level needs deep_supervision=True (heads L1..L{n-1})"
                 )
-            if self.cgm_gate and level != self.depth - 1:
-                raise ValueError("cgm_gate needs the bottleneck, which a pruned UNet++ does not compute")
         self.prune_level = level
         return self
 

@@ -118,7 +118,6 @@ def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, settings: Infe
         labels = np.stack(slices, axis=-1)
         record.update(level="image" if canonical.shape[2] == 1 else "slice",
                       probabilities=[round(p, 6) for p in probabilities])
-        cgm = cgm and (bool(probabilities) or _classifier_unavailable(record, settings))
         if cgm and settings.cgm_filter:
             labels, report = gate_images(labels, probabilities, settings.cgm_threshold)
             return labels, record, report
@@ -128,7 +127,6 @@ def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, settings: Infe
     labels = prediction.probabilities.argmax(0).to(torch.uint8).numpy()
     del image
     record["level"] = "window"
-    cgm = cgm and (prediction.presence is not None or _classifier_unavailable(record, settings))
     if prediction.window_probabilities:
         p = np.asarray(prediction.window_probabilities)
         record["windows"] = {"count": int(p.size), "rejected": int((p < settings.cgm_threshold).sum()),
@@ -138,22 +136,6 @@ def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, settings: Infe
         labels, report = gate_voxels(labels, prediction.presence[0].numpy(), settings.cgm_threshold)
         return labels, record, report
     return labels, record, FilterReport()
-
-
-def _classifier_unavailable(record: dict[str, Any], settings: InferSettings) -> bool:
-    """A CGM network whose inference mode skips the features the CGM classifies: refuse, or say so.
-
-    Why refuse with ``cgm_filter`` on: a mask that silently skipped the filter the settings ask for would
-    pass for a filtered one. With it off the case is fine and the report says why it has no probabilities.
-    Returns False (no classifier) for the caller to carry on with.
-    """
-    why = "this network's inference mode does not compute the features the CGM classifies (a pruned UNet++)"
-    if settings.cgm_filter:
-        raise ValueError(f"infer.cgm_filter needs the CGM's presence probability, but {why}: set "
-                         "infer.cgm_filter: false, or infer with the full network (infer.prune_level and "
-                         "model.options.prune_level: null)")
-    record.update(available=False, applied=False, reason=why)
-    return False
 
 
 def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path, settings: InferSettings,

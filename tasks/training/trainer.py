@@ -31,6 +31,7 @@ from tasks.common.atomic import write_json
 from tasks.common.devices import resolve_device
 from tasks.common.plan import PLAN_FILE, Plan, build_model
 from tasks.config import Params
+from tasks.preprocess.planning import network_spec
 from tasks.tracking.artifacts import log_learning_curve, log_overlays, tracking_tags
 from tasks.tracking.model_package import load_checkpoint, log_and_register, save_checkpoint
 from tasks.training.batch_norm import recalibrate_batch_norm
@@ -84,8 +85,6 @@ class PlanMismatch(ValueError):
 def read_plan(preprocessed: Path, params: Params) -> Plan:
     """Preprocess's plan, which the trainer executes and never edits; a ``model`` section changed since
     preprocess ran is refused (``dvc repro`` or ``unetflow preprocess`` re-plans), not patched over."""
-    from tasks.preprocess.planning import network_spec
-
     plan = Plan.read(preprocessed / PLAN_FILE)
     wanted = network_spec(params.model)
     if plan.network != wanted:

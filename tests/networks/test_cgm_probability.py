@@ -86,3 +86,16 @@ def test_pruned_unetpp_classifies_with_the_full_networks_cgm() -> None:
             torch.testing.assert_close(logits, net(x))
             _, full_class_logits = net.for_inference(None).forward_with_class(x)
         torch.testing.assert_close(class_logits, full_class_logits)
+        net.encoder.finish = lambda x, start: x  # a forward that hands the CGM a shallower map fails loudly
+        with torch.no_grad(), pytest.raises(RuntimeError, match="not the bottleneck"):
+            net.forward_with_class(x)
+
+
+def test_a_pruned_unetpp_may_gate_with_its_cgm() -> None:
+    """The pruned network reaches the bottleneck for its CGM, so ``cgm_gate`` with ``prune_level`` is allowed
+    (refused before: "a pruned UNet++ does not compute the bottleneck")."""
+    torch.manual_seed(0)
+    net = build_network("unetpp", 2, 1, 2, features=(4, 8, 16, 32), deep_supervision=True, cgm=True, cgm_gate=True,
+                        prune_level=1).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 32, 32)).shape == (1, 2, 32, 32)
