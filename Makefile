@@ -67,3 +67,18 @@ serve-stop:
 
 clean:
 	rm -rf outputs mlruns.db mlartifacts data
+
+# nnU-Net v2's planner vs unetflow's on small generated datasets (benchmarks/planning.py, issue #15). nnunetv2
+# (the planning-bench extra) lives in its own venv: its dependencies would replace the pinned torch in .venv.
+NNUNET_VENV := .venv-nnunet
+NNUNET_STAMP := $(NNUNET_VENV)/.planning-bench-installed
+$(NNUNET_STAMP): pyproject.toml
+	test -x $(NNUNET_VENV)/bin/python || $(PYTHON) -m venv $(NNUNET_VENV)
+	set -o pipefail; $(NNUNET_VENV)/bin/python -m pip install -q "torch==$(TORCH_VERSION)" $(TORCH_CPU_INDEX) $(QUIET)
+	set -o pipefail; $(NNUNET_VENV)/bin/python -m pip install -q "torch==$(TORCH_VERSION)" \
+	  "$$(sed -n 's/^planning-bench = \["\(.*\)"\]$$/\1/p' pyproject.toml)" $(QUIET)
+	touch $(NNUNET_STAMP)
+
+.PHONY: bench-planning
+bench-planning: setup $(NNUNET_STAMP)
+	$(BIN)/python benchmarks/planning.py --nnunet-python $(NNUNET_VENV)/bin/python

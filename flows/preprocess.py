@@ -13,8 +13,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import project, task_runner_for
 from tasks.preprocess.cases import preprocess_case
-from tasks.preprocess.intensity_stats import case_intensity_sample, intensity_statistics
-from tasks.preprocess.planning import make_plan, plan_split, training_cases, write_plan
+from tasks.preprocess.intensity_stats import case_intensity_sample
+from tasks.preprocess.planning import plan_from_samples, plan_split, training_cases, write_plan
 
 case_intensity_sample_task = task(case_intensity_sample, name="intensity-sample", cache_policy=NO_CACHE)
 preprocess_case_task = task(preprocess_case, name="preprocess-case", cache_policy=NO_CACHE)
@@ -35,17 +35,22 @@ def preprocess_flow(root: str = ".", params_file: str | None = "params.yaml",
         samples = runner.map(case_intensity_sample_task, {
             "dataset_dir": unmapped(dataset), "case": training_cases(manifest, split),
             "max_samples": unmapped(config.intensity_samples)})
-        stats = intensity_statistics([future.result() for future in samples])
-        plan = make_plan(manifest, params.data, config, params.model, params.train, stats, split)
+        plan = plan_from_samples(manifest, params, split, [future.result() for future in samples])
         # Every case (weight maps included, cached on disk by label hash + w0/σ) in parallel.
         futures = runner.map(preprocess_case_task, {
             "dataset_dir": unmapped(dataset), "case": manifest["cases"], "plan": unmapped(plan),
             "config": unmapped(config), "output_dir": unmapped(output), "cache_dir": unmapped(cache)})
         results = [future.result() for future in futures]
     write_plan(output, plan)
+    resampled = sum(bool(r["resampled"]) for r in results)
+    for result in results:  # an object smaller than a target voxel: kept, and said
+        if result["restored_classes"]:
+            print(f"preprocess: {result['case_id']}: class(es) {result['restored_classes']} would have vanished "
+                  f"when resampled to {list(plan.target_spacing or [])} mm; kept at their strongest voxel")
     cached = sum(bool(r["weight_map_cached"]) for r in results)
     computed = sum(r["weight_map_cached"] is False for r in results)
-    print(f"preprocess: {len(results)} cases, plan {plan.spatial_dims}D patch {list(plan.patch_size)}, "
-          f"weight maps {cached} cached / {computed} computed → {output}")
-    return {"cases": len(results), "weight_maps_cached": cached, "weight_maps_computed": computed,
-            "plan": str(output / "plan.json")}
+    print(f"preprocess: {len(results)} cases, plan {plan.spatial_dims}D at {plan.target_spacing} mm, patch "
+          f"{list(plan.patch_size)} × batch {plan.batch_size}, "
+          f"{resampled} resampled, weight maps {cached} cached / {computed} computed → {output}")
+    return {"cases": len(results), "resampled": resampled, "weight_maps_cached": cached,
+            "weight_maps_computed": computed, "plan": str(output / "plan.json")}

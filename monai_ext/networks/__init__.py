@@ -8,7 +8,9 @@ Entry point::
 Registered names: ``unet`` (Ronneberger 2015), ``unetpp`` (UNet++, Zhou 2018, with pruned inference),
 ``unet3p`` (UNet 3+, Huang 2020, full-scale skips + CGM), ``res_unet``, ``mobile_unet``, ``eff_unet``.
 Common options: ``features``, ``norm`` (``batch``/``instance``/``group``/None), ``act``, ``dropout``,
-``deep_supervision``, ``cgm`` (+ ``cgm_gate``, ``cgm_gate_threshold``, ``cgm_dropout``), ``aux_resolution``;
+``deep_supervision``, ``cgm`` (+ ``cgm_gate``, ``cgm_gate_threshold``, ``cgm_dropout``), ``aux_resolution``,
+``strides`` / ``kernel_sizes`` (per-level, per-axis downsampling and conv kernels for anisotropic voxels, see
+:mod:`monai_ext.networks.topology`; :func:`network_topology_lengths` says how many each network takes);
 see each class for its own. :func:`check_network_config` checks settings against a network's constraints
 without building it (config schemas call it before any work starts).
 
@@ -19,7 +21,14 @@ class logits mean: :func:`cgm_probability`, which the CGM loss and every gate an
 
 from .base import NetworkConfigError
 from .outputs import NetworkOutput, cgm_presence_logit, cgm_probability, main_logits
-from .registry import NETWORKS, available_networks, build_network, check_network_config, network_options
+from .registry import (
+    NETWORKS,
+    available_networks,
+    build_network,
+    check_network_config,
+    network_options,
+    network_topology_lengths,
+)
 from .unet import valid_unet_input_size, valid_unet_output_size
 
 __all__ = [
@@ -33,6 +42,7 @@ __all__ = [
     "check_network_config",
     "main_logits",
     "network_options",
+    "network_topology_lengths",
     "valid_unet_input_size",
     "valid_unet_output_size",
 ]

@@ -4,18 +4,20 @@ Subclasses only implement :meth:`SegmentationNetwork.forward_parts`; everything 
 across variants (the output convention of :mod:`monai_ext.networks.outputs`, padding of awkward input
 sizes, CGM gating) lives here once.
 
-Input sizes (same-padding networks): a U-Net with ``depth`` levels halves the resolution ``depth - 1``
-times, so sizes must be divisible by ``size_divisor`` (2**(depth-1), 32 for EfficientNet). We *handle*
-other sizes rather than refuse them: the input is zero-padded at the far end of each axis up to the next
-multiple, and every output is cropped back. This keeps ``sliding_window_inference`` with arbitrary ROI
-sizes working. The padded border does influence predictions near it, so for best results pick ROI sizes
-that are multiples of ``size_divisor``. The paper-form ``unet`` with ``padding="valid"`` cannot be padded
-meaningfully and instead refuses sizes that do not fit
+Input sizes (same-padding networks): a U-Net with ``depth`` levels downsamples ``depth - 1`` times, so
+each axis must be divisible by its ``size_divisors`` entry, the product of that axis's ``strides``
+(2**(depth-1) by default, 32 for EfficientNet; ``size_divisor`` is the one int every axis's divisor
+divides). We *handle* other sizes rather than refuse them: the input is zero-padded at the far end of
+each axis up to the next multiple of that axis's divisor, and every output is cropped back. This keeps
+``sliding_window_inference`` with arbitrary ROI sizes working. The padded border does influence predictions
+near it, so for best results pick ROI sizes that are multiples of ``size_divisors``. The paper-form
+``unet`` with ``padding="valid"`` cannot be padded meaningfully and instead refuses sizes that do not fit
 (see :func:`monai_ext.networks.unet.valid_unet_output_size`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,9 +29,11 @@ from torch import nn
 from .blocks import NORMS, check_features, make_norm, resize_to
 from .outputs import NetworkOutput, cgm_probability
 from .stages import DROPOUT_POSITIONS, CGMHead, place_dropout
+from .topology import Axes, AxisSpec, check_entries, normalise, scales
 
 #: options every registered network accepts (beside the architecture's own); see :func:`build_network`.
-COMMON_OPTIONS = ("deep_supervision", "cgm", "cgm_dropout", "cgm_gate", "cgm_gate_threshold", "aux_resolution")
+COMMON_OPTIONS = ("deep_supervision", "cgm", "cgm_dropout", "cgm_gate", "cgm_gate_threshold", "aux_resolution",
+                  "strides", "kernel_sizes")
 
 #: allowed values of string options, wherever a network takes them (checked by ``check_config``).
 _CHOICES = {
@@ -48,10 +52,11 @@ class NetworkConfigError(ValueError):
         self.option = option
 
 
-def refuse_unless(option: str, check: Callable[..., Any], *args: Any) -> None:
-    """Run a constructor's own check, re-raising its ValueError as a :class:`NetworkConfigError` for ``option``."""
+def refuse_unless(option: str, check: Callable[..., Any], *args: Any) -> Any:
+    """Run a constructor's own check (returning its result), re-raising its ValueError as a
+    :class:`NetworkConfigError` for ``option``."""
     try:
-        check(*args)
+        return check(*args)
     except (ValueError, TypeError, LookupError) as error:
         raise NetworkConfigError(option, str(error)) from None
 
@@ -69,10 +74,13 @@ class SegmentationNetwork(nn.Module):
             pipeline post-filters, and a gate trained on few empty images can delete true lesions.
         cgm_gate_threshold: :func:`~monai_ext.networks.outputs.cgm_probability` below which an image is gated.
         aux_resolution: ``"native"`` (heads at their stage's resolution) or ``"full"`` (upsampled to input).
+        strides / kernel_sizes: per-level downsampling factors and conv kernels, per axis (None: 2 and 3
+            everywhere, the isotropic networks); see :mod:`monai_ext.networks.topology`. Subclasses call
+            :meth:`_init_topology` and build from :attr:`strides` / :attr:`kernel_sizes`.
     """
 
-    #: resolution factor the input must be divisible by; subclasses set it.
-    size_divisor: int = 1
+    #: per-axis resolution factor the input must be divisible by; :meth:`_init_topology` sets it.
+    size_divisors: Axes = ()
     #: whether awkward sizes are padded (True) or refused (False, e.g. valid-padding U-Net).
     pads_input: bool = True
     #: how many widths ``features`` may hold (None: no upper bound) and what they are, for messages.
@@ -95,6 +103,8 @@ class SegmentationNetwork(nn.Module):
         cgm_gate: bool = False,
         cgm_gate_threshold: float = 0.5,
         aux_resolution: str = "native",
+        strides: Sequence[AxisSpec] | None = None,
+        kernel_sizes: Sequence[AxisSpec] | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -113,6 +123,37 @@ class SegmentationNetwork(nn.Module):
         self.cgm_gate_threshold = cgm_gate_threshold
         self.aux_resolution = aux_resolution
         self.cgm_head: CGMHead | None = None
+        self._topology_options = (strides, kernel_sizes)
+        self.size_divisors = (1,) * spatial_dims
+        self.strides: tuple[Axes, ...] = ()
+        self.kernel_sizes: tuple[Axes, ...] = ()
+
+    @property
+    def size_divisor(self) -> int:
+        """One int every axis's divisor divides (``2**(depth-1)`` for isotropic strides), for callers that
+        pick one ROI size for all axes; :attr:`size_divisors` is the per-axis requirement."""
+        return math.lcm(*self.size_divisors)
+
+    @classmethod
+    def topology_lengths(cls, features: Sequence[int] | None) -> tuple[int, int]:
+        """How many ``strides`` and ``kernel_sizes`` entries this network takes with ``features``.
+
+        One stride per downsampling and one kernel per resolution level; here ``len(features) - 1`` and
+        ``len(features)`` (the constructor's default widths when ``features`` is None). Networks whose
+        levels are not their widths (eff_unet) override it.
+        """
+        if features is None:
+            features = inspect.signature(cls.__init__).parameters["features"].default
+        return len(features) - 1, len(features)
+
+    def _init_topology(self, features: Sequence[int]) -> None:
+        """Normalise ``strides``/``kernel_sizes`` for ``features`` (per-axis tuples) and set the divisors."""
+        n_strides, n_kernels = self.topology_lengths(features)
+        strides, kernel_sizes = self._topology_options
+        self.strides = refuse_unless("strides", normalise, "strides", strides, n_strides, self.spatial_dims)
+        self.kernel_sizes = refuse_unless("kernel_sizes", normalise, "kernel_sizes", kernel_sizes, n_kernels,
+                                          self.spatial_dims)
+        self.size_divisors = scales(self.strides)[-1]
 
     @classmethod
     def check_config(cls, features: Sequence[int] | None, options: Mapping[str, Any]) -> None:
@@ -134,6 +175,21 @@ class SegmentationNetwork(nn.Module):
             refuse_unless("dropout", place_dropout, 2, options["dropout"])
         if options.get("cgm_gate") and not options.get("cgm"):
             raise NetworkConfigError("cgm_gate", "cgm_gate=True needs cgm=True")
+        cls._check_topology(features, options)
+
+    @classmethod
+    def _check_topology(cls, features: Sequence[int] | None, options: Mapping[str, Any]) -> None:
+        """``strides``/``kernel_sizes``: entry counts for ``features``, per-axis lengths alike (and equal to
+        ``options["spatial_dims"]`` when the caller passes it), positive ints, odd kernels."""
+        if features is not None and len(features) < cls.min_levels:
+            return  # the features check has refused them already
+        lengths = dict(zip(("strides", "kernel_sizes"), cls.topology_lengths(features), strict=True))
+        given = {option: options[option] for option in lengths if options.get(option) is not None}
+        per_axis = {len(v) for values in given.values() if isinstance(values, Sequence) for v in values
+                    if isinstance(v, Sequence) and not isinstance(v, str)}
+        dims = options.get("spatial_dims") or (per_axis.pop() if len(per_axis) == 1 else None)
+        for option, values in given.items():
+            refuse_unless(option, check_entries, option, values, lengths[option], dims)
 
     def _init_cgm(self, bottleneck_channels: int) -> None:
         """Called by subclasses once they know the bottleneck width (the CGM sits on the deepest features)."""
@@ -148,7 +204,7 @@ class SegmentationNetwork(nn.Module):
     def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Return (main logits, aux logits high->low resolution, deepest features). Subclasses implement.
 
-        ``x`` is already padded to a multiple of :attr:`size_divisor`; aux logits may be empty when
+        ``x`` is already padded to a multiple of :attr:`size_divisors` (per axis); aux logits may be empty when
         :attr:`wants_aux` is False.
         """
         raise NotImplementedError
@@ -165,9 +221,8 @@ class SegmentationNetwork(nn.Module):
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]}")
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.size_divisor
         pads: list[int] = []
-        for size in reversed(x.shape[2:]):  # F.pad wants the last axis first
+        for size, d in zip(reversed(x.shape[2:]), reversed(self.size_divisors), strict=True):  # last axis first
             pads += [0, (d - int(size) % d) % d]
         if any(pads):
             x = F.pad(x, pads)
@@ -229,13 +284,13 @@ class SegmentationNetwork(nn.Module):
         pruned UNet++ finishes its encoder for it). A shallower map would crash the head on its width or,
         were the widths equal, be classified at the wrong level without a word, so a network that breaks
         the contract fails loudly here. The bottleneck of a padding network lies at ``padded /
-        size_divisor``; the valid-padding U-Net cannot be cut short, so only the width is checked there.
+        size_divisors`` (per axis); the valid-padding U-Net cannot be cut short, so only the width is checked there.
         """
         head = self.cgm_head
         if head is None:
             return None
-        wrong_size = self.pads_input and any(int(d) * self.size_divisor != int(p)
-                                             for d, p in zip(deepest.shape[2:], padded.shape[2:], strict=True))
+        sizes = zip(deepest.shape[2:], self.size_divisors, padded.shape[2:], strict=True)
+        wrong_size = self.pads_input and any(int(d) * k != int(p) for d, k, p in sizes)
         if deepest.shape[1] != head.conv.in_channels or wrong_size:
             raise RuntimeError(f"{type(self).__name__}.forward_parts returned a {tuple(deepest.shape[1:])} map "
                                f"for the CGM, not the bottleneck it classifies")

@@ -17,6 +17,8 @@ from monai.networks.layers.factories import Conv, Dropout, split_args
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
+from .topology import AxisSpec, is_one, same_padding, transposed_geometry
+
 NormSpec = str | tuple | None
 
 
@@ -116,9 +118,9 @@ class ConvNormAct(nn.Sequential):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        padding: int | None = None,
+        kernel_size: AxisSpec = 3,
+        stride: AxisSpec = 1,
+        padding: AxisSpec | None = None,
         groups: int = 1,
         norm: NormSpec = "batch",
         act: ActSpec = "relu",
@@ -127,7 +129,7 @@ class ConvNormAct(nn.Sequential):
     ) -> None:
         super().__init__()
         if padding is None:
-            padding = kernel_size // 2
+            padding = same_padding(kernel_size)
         conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size, stride, padding, groups=groups,
                                              bias=bias)
         self.add_module("conv", conv)
@@ -137,7 +139,10 @@ class ConvNormAct(nn.Sequential):
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3x3 ConvNormAct: the U-Net level block. ``padding="valid"`` gives the paper's unpadded convs."""
+    """Two 3x3 ConvNormAct: the U-Net level block. ``padding="valid"`` gives the paper's unpadded convs.
+
+    ``kernel_size`` may differ per axis (a level's ``kernel_sizes`` entry; 1 = no mixing across that axis).
+    """
 
     def __init__(
         self,
@@ -149,12 +154,13 @@ class DoubleConv(nn.Sequential):
         dropout: float = 0.0,
         bias: bool = True,
         padding: str = "same",
+        kernel_size: AxisSpec = 3,
     ) -> None:
         super().__init__()
-        pad = 1 if padding == "same" else 0
+        pad = same_padding(kernel_size) if padding == "same" else 0
         for i, cin in enumerate((in_channels, out_channels)):
-            unit = ConvNormAct(spatial_dims, cin, out_channels, 3, padding=pad, norm=norm, act=act, dropout=dropout,
-                               bias=bias)
+            unit = ConvNormAct(spatial_dims, cin, out_channels, kernel_size, padding=pad, norm=norm, act=act,
+                               dropout=dropout, bias=bias)
             self.add_module(f"conv_{i}", unit)
 
 
@@ -172,9 +178,9 @@ class ResidualUnit(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        stride: int = 1,
+        stride: AxisSpec = 1,
         subunits: int = 2,
-        kernel_size: int = 3,
+        kernel_size: AxisSpec = 3,
         norm: NormSpec = "batch",
         act: ActSpec = "relu",
         dropout: float = 0.0,
@@ -204,10 +210,10 @@ class ResidualUnit(nn.Module):
             cin, s = out_channels, 1
         self.body = nn.Sequential(*layers)
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            k = kernel_size if stride != 1 else 1
+        if not is_one(stride) or in_channels != out_channels:
+            k = 1 if is_one(stride) else kernel_size
             self.shortcut = Conv[Conv.CONV, spatial_dims](
-                in_channels, out_channels, k, stride=stride, padding=k // 2, bias=bias
+                in_channels, out_channels, k, stride=stride, padding=same_padding(k), bias=bias
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,7 +223,8 @@ class ResidualUnit(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand -> depthwise 3x3 (stride) -> 1x1 linear projection (+ residual).
 
-    Depthwise convs are grouped convs from the same ``Conv`` factory, so the block works in 3D too.
+    Depthwise convs are grouped convs from the same ``Conv`` factory, so the block works in 3D too; the
+    depthwise ``kernel_size`` and ``stride`` may differ per axis.
     """
 
     def __init__(
@@ -225,10 +232,11 @@ class InvertedResidual(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        stride: int = 1,
+        stride: AxisSpec = 1,
         expand_ratio: int = 6,
         norm: NormSpec = "batch",
         act: ActSpec = "relu6",
+        kernel_size: AxisSpec = 3,
     ) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
@@ -237,12 +245,12 @@ class InvertedResidual(nn.Module):
             layers.append(ConvNormAct(spatial_dims, in_channels, hidden, 1, norm=norm, act=act, bias=False))
         layers.append(
             ConvNormAct(
-                spatial_dims, hidden, hidden, 3, stride=stride, groups=hidden, norm=norm, act=act, bias=False
+                spatial_dims, hidden, hidden, kernel_size, stride=stride, groups=hidden, norm=norm, act=act, bias=False
             )
         )
         layers.append(ConvNormAct(spatial_dims, hidden, out_channels, 1, norm=norm, act=None, bias=False))
         self.body = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and in_channels == out_channels
+        self.use_residual = is_one(stride) and in_channels == out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
@@ -260,10 +268,12 @@ class SeparableConv(nn.Sequential):
         norm: NormSpec = "batch",
         act: ActSpec = "relu6",
         dropout: float = 0.0,
+        kernel_size: AxisSpec = 3,
     ) -> None:
         super().__init__(
             ConvNormAct(
-                spatial_dims, in_channels, in_channels, 3, groups=in_channels, norm=norm, act=act, bias=False
+                spatial_dims, in_channels, in_channels, kernel_size, groups=in_channels, norm=norm, act=act,
+                bias=False,
             ),
             ConvNormAct(
                 spatial_dims, in_channels, out_channels, 1, norm=norm, act=act, dropout=dropout, bias=False
@@ -272,10 +282,12 @@ class SeparableConv(nn.Sequential):
 
 
 class UpSample(nn.Module):
-    """x2 upsampling: transposed conv (``"deconv"``, kernel ``kernel_size``) or interpolation + 1x1 conv.
+    """x``scale`` upsampling: transposed conv (``"deconv"``, kernel ``kernel_size``) or interpolation + 1x1 conv.
 
     ``kernel_size=2`` is the U-Net paper's 2x2 up-convolution; ``kernel_size=4`` (padding 1) is what the
     UNet 3+ authors' reference code uses for its UNet/UNet++ baselines. Any kernel size gives exactly x2.
+    ``scale`` (per axis: the level's ``strides`` entry) undoes that level's pooling; a scale-1 axis gets a
+    1-wide kernel, a scale-s one ``kernel_size + s - 2`` (see :func:`~.topology.transposed_geometry`).
     """
 
     def __init__(
@@ -286,22 +298,23 @@ class UpSample(nn.Module):
         mode: str = "deconv",
         kernel_size: int = 2,
         bias: bool = True,
+        scale: AxisSpec = 2,
     ) -> None:
         super().__init__()
         if mode not in ("deconv", "nontrainable"):
             raise ValueError(f"upsample must be 'deconv' or 'nontrainable', got {mode!r}")
         self.spatial_dims = spatial_dims
         self.mode = mode
+        scales = (scale,) * spatial_dims if isinstance(scale, int) else tuple(scale)
+        # one float when isotropic: the interpolation (and its export) as before per-axis scales existed
+        self.scale_factor: float | tuple[float, ...] = (
+            float(scales[0]) if len(set(scales)) == 1 else tuple(float(s) for s in scales)
+        )
         if mode == "deconv":
+            kernels, pads, extra = transposed_geometry(kernel_size, scales)
             conv_t = Conv[Conv.CONVTRANS, spatial_dims]
             self.conv = conv_t(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride=2,
-                padding=(kernel_size - 1) // 2,
-                output_padding=kernel_size % 2,
-                bias=bias,
+                in_channels, out_channels, kernels, stride=scales, padding=pads, output_padding=extra, bias=bias
             )
         else:
             self.conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, 1, bias=bias)
@@ -310,7 +323,7 @@ class UpSample(nn.Module):
         if self.mode == "deconv":
             return self.conv(x)
         return self.conv(
-            F.interpolate(x, scale_factor=2.0, mode=interp_mode(self.spatial_dims), align_corners=False)
+            F.interpolate(x, scale_factor=self.scale_factor, mode=interp_mode(self.spatial_dims), align_corners=False)
         )
 
 

@@ -2,7 +2,9 @@
 
 Depthwise convolutions are grouped convs from MONAI's ``Conv`` factory, so the same code builds a 3D
 model; in 3D the k^3 saving of separable convs matters most. Each encoder level below the first is an
-inverted residual with stride 2 (it replaces max-pooling) followed by one with stride 1.
+inverted residual with stride 2 (it replaces max-pooling; per axis: the level's ``strides`` entry)
+followed by one with stride 1. Every depthwise conv at level i (the stem's too) has kernel
+``kernel_sizes[i]``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from torch import nn
 from .base import SegmentationNetwork
 from .blocks import ActSpec, ConvNormAct, InvertedResidual, NormSpec, SeparableConv, UpSample, check_features
 from .stages import Decoder, SegHead, place_dropout
+from .topology import Axes
 
 __all__ = ["MobileUNet"]
 
 
 class MobileEncoder(nn.Module):
-    """Stem conv + inverted residuals; returns one map per level (shallow -> deep) like the U-Net encoder."""
+    """Stem conv + inverted residuals; returns one map per level (shallow -> deep) like the U-Net encoder.
+
+    Level i + 1 starts with an inverted residual of stride ``strides[i]``; level i's convs use kernel
+    ``kernel_sizes[i]``.
+    """
 
     def __init__(
         self,
@@ -32,20 +39,24 @@ class MobileEncoder(nn.Module):
         expand_ratio: int,
         norm: NormSpec,
         act: ActSpec,
+        strides: Sequence[Axes],
+        kernel_sizes: Sequence[Axes],
     ) -> None:
         super().__init__()
         ir = partial(InvertedResidual, spatial_dims, norm=norm, act=act)
+        k0 = kernel_sizes[0]
         levels = [
             nn.Sequential(
-                ConvNormAct(spatial_dims, in_channels, features[0], 3, norm=norm, act=act, bias=False),
-                ir(features[0], features[0], expand_ratio=1),
+                ConvNormAct(spatial_dims, in_channels, features[0], k0, norm=norm, act=act, bias=False),
+                ir(features[0], features[0], expand_ratio=1, kernel_size=k0),
             )
         ]
-        for cin, cout in zip(features[:-1], features[1:], strict=True):
+        for i, (cin, cout) in enumerate(zip(features[:-1], features[1:], strict=True)):
+            k = kernel_sizes[i + 1]
             levels.append(
                 nn.Sequential(
-                    ir(cin, cout, stride=2, expand_ratio=expand_ratio),
-                    ir(cout, cout, stride=1, expand_ratio=expand_ratio),
+                    ir(cin, cout, stride=strides[i], expand_ratio=expand_ratio, kernel_size=k),
+                    ir(cout, cout, stride=1, expand_ratio=expand_ratio, kernel_size=k),
                 )
             )
         self.levels = nn.ModuleList(levels)
@@ -90,13 +101,15 @@ class MobileUNet(SegmentationNetwork):
         feats = check_features(features)
         self.features = feats
         self.depth = len(feats)
-        self.size_divisor = 2 ** (self.depth - 1)
+        self._init_topology(feats)
         dropout, self.bottleneck_dropout = place_dropout(spatial_dims, dropout, dropout_position)
         block = partial(SeparableConv, spatial_dims, norm=norm, act=act, dropout=dropout)
         up = partial(UpSample, spatial_dims, mode=upsample, kernel_size=up_kernel_size)
         dec = feats[-2::-1]
-        self.encoder = MobileEncoder(spatial_dims, in_channels, feats, expand_ratio, norm, act)
-        self.decoder = Decoder(feats[-1], dec, dec, up, block)
+        self.encoder = MobileEncoder(spatial_dims, in_channels, feats, expand_ratio, norm, act, self.strides,
+                                     self.kernel_sizes)
+        self.decoder = Decoder(feats[-1], dec, dec, up, block, scales=self.strides[::-1],
+                               kernel_sizes=self.kernel_sizes[-2::-1])
         self.head = SegHead(spatial_dims, feats[0], out_channels)
         self.aux_heads = (
             nn.ModuleList(

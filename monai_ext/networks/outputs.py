@@ -16,9 +16,10 @@ architecture, every network follows the same rule:
   - ``aux_logits``: deep-supervision heads, ordered **from highest resolution to lowest** (for UNet++,
     whose heads all share full resolution, nearest-to-main first: X^{0,depth-2}, ..., X^{0,1}).
     By default (``aux_resolution="native"``) each head is at the *native* resolution of its decoder
-    stage (input size / 2**k, rounded up), which is cheap in 3D; the loss wrapper resizes the target
-    per head (nnU-Net style). ``aux_resolution="full"`` upsamples each head (bi/trilinear) to input
-    resolution instead (UNet 3+ paper form). Empty list without deep supervision;
+    stage (input size / 2**k, rounded up; per axis, divided by the product of the ``strides`` above it),
+    which is cheap in 3D; the loss wrapper resizes the target per head (nnU-Net style).
+    ``aux_resolution="full"`` upsamples each head (bi/trilinear) to input resolution instead (UNet 3+
+    paper form). Empty list without deep supervision;
   - ``class_logits``: ``[B, 2]`` logits of the CGM presence classifier (column 0 = "no foreground",
     column 1 = "foreground present"), or ``None`` without CGM. What they *mean* is
     :func:`cgm_probability` and nothing else (see below).

@@ -56,6 +56,16 @@ def check_network_config(name: str, features: Sequence[int] | None = None, **opt
     _lookup(name).check_config(features, options)
 
 
+def network_topology_lengths(name: str, features: Sequence[int] | None = None) -> tuple[int, int]:
+    """How many ``strides`` and ``kernel_sizes`` entries ``name`` takes with ``features`` (None: its default).
+
+    Why: a planner choosing per-axis strides and kernels must know how many levels the network has; for
+    most that is ``len(features) - 1`` and ``len(features)``, but eff_unet's widths are its decoder's
+    (five downsamplings, six resolution levels whatever ``features`` says).
+    """
+    return _lookup(name).topology_lengths(features)
+
+
 def _lookup(name: str) -> type[SegmentationNetwork]:
     try:
         return NETWORKS[name]

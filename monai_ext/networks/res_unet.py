@@ -59,6 +59,7 @@ from .blocks import (
     make_norm,
 )
 from .stages import DecoderStage, SegHead, place_dropout
+from .topology import Axes, AxisSpec, capped, is_one, same_padding
 
 __all__ = ["MonaiResUNet", "PreActResidualUnit", "ResUNet"]
 
@@ -81,8 +82,8 @@ class PreActResidualUnit(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        stride: int = 1,
-        kernel_size: int = 3,
+        stride: AxisSpec = 1,
+        kernel_size: AxisSpec = 3,
         norm: NormSpec = "batch",
         act: ActSpec = "relu",
         dropout: float = 0.0,
@@ -96,27 +97,29 @@ class PreActResidualUnit(nn.Module):
             return [m for m in (make_norm(norm, spatial_dims, channels), make_act(act)) if m is not None]
 
         layers = norm_act(in_channels) if preactivate else []
-        layers.append(conv(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias))
+        pad = same_padding(kernel_size)
+        layers.append(conv(in_channels, out_channels, kernel_size, stride=stride, padding=pad, bias=bias))
         layers += norm_act(out_channels)
         if dropout:
             layers.append(Dropout[Dropout.DROPOUT, spatial_dims](dropout))
-        layers.append(conv(out_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias))
+        layers.append(conv(out_channels, out_channels, kernel_size, padding=pad, bias=bias))
         self.body = nn.Sequential(*layers)
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
+        if not is_one(stride) or in_channels != out_channels:
             self.shortcut = conv(in_channels, out_channels, 1, stride=stride, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.shortcut(x)
 
 
-def width_keeping_upsample(spatial_dims: int, channels: int, mode: str, bias: bool) -> nn.Module:
-    """x2 upsampling that keeps the width: the paper's decoder concatenates the upsampled map as it is."""
+def width_keeping_upsample(spatial_dims: int, channels: int, mode: str, bias: bool, scale: Axes) -> nn.Module:
+    """x``scale`` upsampling that keeps the width: the paper's decoder concatenates the upsampled map as it is."""
     if mode == "deconv":
-        return UpSample(spatial_dims, channels, channels, "deconv", kernel_size=2, bias=bias)
+        return UpSample(spatial_dims, channels, channels, "deconv", kernel_size=2, bias=bias, scale=scale)
+    factor = float(scale[0]) if len(set(scale)) == 1 else tuple(float(s) for s in scale)
     if mode == "linear":
-        return nn.Upsample(scale_factor=2.0, mode=interp_mode(spatial_dims), align_corners=False)
-    return nn.Upsample(scale_factor=2.0, mode="nearest")
+        return nn.Upsample(scale_factor=factor, mode=interp_mode(spatial_dims), align_corners=False)
+    return nn.Upsample(scale_factor=factor, mode="nearest")
 
 
 class ResUNet(SegmentationNetwork):
@@ -131,7 +134,9 @@ class ResUNet(SegmentationNetwork):
         upsample: "nearest" (default, parameter-free), "linear" (bi/trilinear, parameter-free) or "deconv"
             (a 2x2 transposed conv keeping the width).
         **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`. Deep-supervision heads (1x1)
-            tap the decoder stages at 1/2 ... 1/2**(n-2) resolution; CGM sits on the bridge.
+            tap the decoder stages at 1/2 ... 1/2**(n-2) resolution; CGM sits on the bridge. Encoder unit k
+            downsamples by ``strides[k-1]`` in its first conv; units at level k (encoder and decoder)
+            convolve with ``kernel_sizes[k]``.
     """
 
     def __init__(
@@ -154,18 +159,21 @@ class ResUNet(SegmentationNetwork):
         feats = check_features(features)
         self.features = feats
         self.depth = len(feats)
-        self.size_divisor = 2 ** (self.depth - 1)
+        self._init_topology(feats)
+        strides, kernels = ((1,) * spatial_dims, *self.strides), self.kernel_sizes
         dropout, self.bottleneck_dropout = place_dropout(spatial_dims, dropout, dropout_position)
         unit = partial(PreActResidualUnit, spatial_dims, norm=norm, act=act, dropout=dropout, bias=bias)
         chans = (in_channels, *feats)
         # level 0: the paper's input unit at full resolution; deeper levels downsample in their first conv
         self.encoder = nn.ModuleList(
-            unit(chans[k], chans[k + 1], stride=1 if k == 0 else 2, preactivate=k > 0) for k in range(self.depth)
+            unit(chans[k], chans[k + 1], stride=strides[k], kernel_size=kernels[k], preactivate=k > 0)
+            for k in range(self.depth)
         )
         # decoder[j] builds level depth-2-j (deep -> shallow): upsample, cat the level's skip, one unit
         self.decoder = nn.ModuleList(
-            DecoderStage(width_keeping_upsample(spatial_dims, cin, upsample, bias), unit(skip + cin, skip))
-            for cin, skip in zip(feats[:0:-1], feats[-2::-1], strict=True)
+            DecoderStage(width_keeping_upsample(spatial_dims, feats[k + 1], upsample, bias, strides[k + 1]),
+                         unit(feats[k] + feats[k + 1], feats[k], kernel_size=kernels[k]))
+            for k in range(self.depth - 2, -1, -1)
         )
         self.head = SegHead(spatial_dims, feats[0], out_channels)
         self.aux_heads = (
@@ -193,7 +201,10 @@ class ResUNet(SegmentationNetwork):
 
 
 class _UpStage(nn.Sequential):
-    """Up-convolution (x2) -> [norm] -> [act] -> [dropout] -> one-conv residual unit (MONAI's up layer)."""
+    """Up-convolution (x``scale``) -> [norm] -> [act] -> [dropout] -> one-conv residual unit (MONAI's up layer).
+
+    ``kernel_size`` is the unit's: the level's kernel, or the output conv's for the top stage (``is_top``).
+    """
 
     def __init__(
         self,
@@ -207,11 +218,13 @@ class _UpStage(nn.Sequential):
         bias: bool,
         upsample: str,
         up_kernel_size: int,
-        head_kernel_size: int,
+        kernel_size: AxisSpec,
+        scale: AxisSpec,
     ) -> None:
         super().__init__()
         self.add_module(
-            "up", UpSample(spatial_dims, in_channels, out_channels, upsample, kernel_size=up_kernel_size, bias=bias)
+            "up", UpSample(spatial_dims, in_channels, out_channels, upsample, kernel_size=up_kernel_size, bias=bias,
+                           scale=scale)
         )
         add_norm_act_dropout(self, spatial_dims, out_channels, norm, act, dropout)
         self.add_module(
@@ -221,7 +234,7 @@ class _UpStage(nn.Sequential):
                 out_channels,
                 out_channels,
                 subunits=1,
-                kernel_size=head_kernel_size if is_top else 3,
+                kernel_size=kernel_size,
                 norm=norm,
                 act=act,
                 dropout=dropout,
@@ -244,7 +257,11 @@ class MonaiResUNet(SegmentationNetwork):
         up_kernel_size: transposed-conv kernel; 3 (MONAI ``UNet``'s default) or 2.
         head_kernel_size: kernel of the final (logit) conv of the output residual unit; 3 as in MONAI.
         **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`. Deep-supervision heads (1x1)
-            tap the decoder stages at 1/2 ... 1/2**(n-2) resolution; CGM sits on the bottleneck.
+            tap the decoder stages at 1/2 ... 1/2**(n-2) resolution; CGM sits on the bottleneck. Encoder
+            unit k downsamples by ``strides[k]`` and convolves at its output's level, k + 1, with
+            ``kernel_sizes[k + 1]`` (the bottleneck: the last entry); up stage k returns to level k by
+            ``strides[k]`` and its unit uses ``kernel_sizes[k]`` (the top stage: ``head_kernel_size`` on
+            the axes level 0 convolves across).
     """
 
     def __init__(
@@ -269,14 +286,17 @@ class MonaiResUNet(SegmentationNetwork):
             raise ValueError(f"num_res_units must be >= 1, got {num_res_units}")
         self.features = feats
         self.depth = len(feats)
-        self.size_divisor = 2 ** (self.depth - 1)
+        self._init_topology(feats)
+        strides, kernels = self.strides, self.kernel_sizes
         opts = dict(norm=norm, act=act, dropout=dropout, bias=bias)
         chans = (in_channels, *feats)
         self.down = nn.ModuleList(
-            ResidualUnit(spatial_dims, chans[k], chans[k + 1], stride=2, subunits=num_res_units, **opts)
+            ResidualUnit(spatial_dims, chans[k], chans[k + 1], stride=strides[k], kernel_size=kernels[k + 1],
+                         subunits=num_res_units, **opts)
             for k in range(self.depth - 1)
         )
-        self.bottom = ResidualUnit(spatial_dims, feats[-2], feats[-1], subunits=num_res_units, **opts)
+        self.bottom = ResidualUnit(spatial_dims, feats[-2], feats[-1], kernel_size=kernels[-1],
+                                   subunits=num_res_units, **opts)
         # up[k] consumes cat(skip_k, deeper) at 1/2**(k+1) and returns level k-1's width at 1/2**k
         ups = []
         for k in range(self.depth - 1):
@@ -291,7 +311,8 @@ class MonaiResUNet(SegmentationNetwork):
                     **opts,
                     upsample=upsample,
                     up_kernel_size=up_kernel_size,
-                    head_kernel_size=head_kernel_size,
+                    kernel_size=capped(head_kernel_size, kernels[0]) if k == 0 else kernels[k],
+                    scale=strides[k],
                 )
             )
         self.up = nn.ModuleList(ups)

@@ -6,6 +6,7 @@ concatenate the skip, a block) and a head (1×1 convolution to classes, plus the
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -13,6 +14,7 @@ from monai.networks.layers.factories import Conv, Dropout, Pool
 from torch import nn
 
 from .blocks import BlockFactory, center_crop
+from .topology import AxisSpec, same_padding
 
 #: where ``dropout`` goes: "bottleneck" (U-Net paper: end of the contracting path) or "all" (after every conv).
 DROPOUT_POSITIONS = ("bottleneck", "all")
@@ -34,19 +36,37 @@ def place_dropout(spatial_dims: int, dropout: float, position: str = "bottleneck
     return 0.0, Dropout[Dropout.DROPOUT, spatial_dims](dropout)
 
 
-class Encoder(nn.Module):
-    """Plain U-Net encoder: level 0 = block(in, f0); level i = max-pool 2 -> block(f_{i-1}, f_i).
+def level_blocks(block: BlockFactory, channels: Sequence[tuple[int, int]],
+                 kernel_sizes: Sequence[AxisSpec] | None) -> list[nn.Module]:
+    """``block(cin, cout)`` per (cin, cout), with ``kernel_size=kernel_sizes[i]`` when kernels are given."""
+    if kernel_sizes is None:
+        return [block(cin, cout) for cin, cout in channels]
+    return [block(cin, cout, kernel_size=k) for (cin, cout), k in zip(channels, kernel_sizes, strict=True)]
 
+
+class Encoder(nn.Module):
+    """Plain U-Net encoder: level 0 = block(in, f0); level i = max-pool -> block(f_{i-1}, f_i).
+
+    The pool from level i to i + 1 has kernel (= stride) ``strides[i]`` (2 on every axis by default; a
+    1 leaves that axis alone) and level i's block gets ``kernel_size=kernel_sizes[i]`` when given.
     Returns the feature map of every level (shallow -> deep); the last one is the bottleneck.
     """
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, features: Sequence[int], block: BlockFactory
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        features: Sequence[int],
+        block: BlockFactory,
+        strides: Sequence[AxisSpec] | None = None,
+        kernel_sizes: Sequence[AxisSpec] | None = None,
     ) -> None:
         super().__init__()
-        self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2)
+        strides = (2,) * (len(features) - 1) if strides is None else strides
+        self.pools = nn.ModuleList(Pool[Pool.MAX, spatial_dims](kernel_size=tuple(s) if isinstance(s, Sequence)
+                                                                else s) for s in strides)
         chans = [in_channels, *features]
-        self.levels = nn.ModuleList(block(chans[i], chans[i + 1]) for i in range(len(features)))
+        self.levels = nn.ModuleList(level_blocks(block, list(itertools.pairwise(chans)), kernel_sizes))
         self.out_channels = tuple(features)
 
     def forward(self, x: torch.Tensor, num_levels: int | None = None) -> list[torch.Tensor]:
@@ -55,14 +75,14 @@ class Encoder(nn.Module):
         for i, level in enumerate(self.levels):
             if num_levels is not None and i >= num_levels:
                 break
-            x = level(x if i == 0 else self.pool(x))
+            x = level(x if i == 0 else self.pools[i - 1](x))
             feats.append(x)
         return feats
 
     def finish(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """The bottleneck from level ``start - 1``'s map: the remaining levels only (a pruned UNet++'s CGM)."""
-        for level in self.levels[start:]:
-            x = level(self.pool(x))
+        for i in range(start, len(self.levels)):
+            x = self.levels[i](self.pools[i - 1](x))
         return x
 
 
@@ -88,8 +108,10 @@ class Decoder(nn.Module):
     """U-Net decoder: one :class:`DecoderStage` per level, deep -> shallow.
 
     ``skip_channels[i]`` is the channel count of the skip at decoder stage i (0 = no skip, used by encoders
-    like EfficientNet without a full-resolution feature map). Returns the output of every stage, deep ->
-    shallow, so deep-supervision heads can tap them.
+    like EfficientNet without a full-resolution feature map). ``scales[i]`` / ``kernel_sizes[i]`` (None: the
+    factories' defaults) are stage i's upsampling factor (``up(cin, cout, scale=...)``, the stride of the
+    level it returns to) and its block's kernel. Returns the output of every stage, deep -> shallow, so
+    deep-supervision heads can tap them.
     """
 
     def __init__(
@@ -100,12 +122,16 @@ class Decoder(nn.Module):
         up: Callable[[int, int], nn.Module],
         block: BlockFactory,
         crop_skip: bool = False,
+        scales: Sequence[AxisSpec] | None = None,
+        kernel_sizes: Sequence[AxisSpec] | None = None,
     ) -> None:
         super().__init__()
         stages = []
         cin = in_channels
-        for skip, cout in zip(skip_channels, out_channels, strict=True):
-            stages.append(DecoderStage(up(cin, cout), block(skip + cout, cout), crop_skip))
+        for i, (skip, cout) in enumerate(zip(skip_channels, out_channels, strict=True)):
+            upsample = up(cin, cout) if scales is None else up(cin, cout, scale=scales[i])
+            (conv,) = level_blocks(block, [(skip + cout, cout)], None if kernel_sizes is None else [kernel_sizes[i]])
+            stages.append(DecoderStage(upsample, conv, crop_skip))
             cin = cout
         self.stages = nn.ModuleList(stages)
 
@@ -118,13 +144,13 @@ class Decoder(nn.Module):
 
 
 class SegHead(nn.Sequential):
-    """Logit head: a single conv to ``out_channels`` (1x1 by default; UNet 3+ uses 3x3)."""
+    """Logit head: a single conv to ``out_channels`` (1x1 by default; UNet 3+ uses 3x3; may differ per axis)."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 1) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: AxisSpec = 1) -> None:
         super().__init__()
         self.add_module(
             "conv",
-            Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size, padding=same_padding(kernel_size)),
         )
 
 

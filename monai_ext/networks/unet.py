@@ -22,72 +22,95 @@ from torch import nn
 from .base import NetworkConfigError, SegmentationNetwork
 from .blocks import ActSpec, BlockFactory, DoubleConv, NormSpec, UpSample, check_features
 from .stages import Decoder, Encoder, SegHead, place_dropout
+from .topology import capped
 
 __all__ = ["UNet", "valid_unet_input_size", "valid_unet_output_size"]
 
-_VALID_LOSS = 4  # two unpadded 3x3 convs remove 2 pixels each side per level
+def _axis_topology(depth: int, strides: Sequence[int] | None, kernels: Sequence[int] | None
+                   ) -> tuple[list[int], list[int]]:
+    """One axis's (strides, per-level size loss): two unpadded k-wide convs remove 2 * (k - 1) per level."""
+    strides = [2] * (depth - 1) if strides is None else [int(s) for s in strides]
+    kernels = [3] * depth if kernels is None else [int(k) for k in kernels]
+    if len(strides) != depth - 1 or len(kernels) != depth:
+        raise ValueError(f"a depth-{depth} U-Net takes {depth - 1} strides and {depth} kernels per axis, "
+                         f"got {strides} and {kernels}")
+    if any(s < 1 for s in strides) or any(k < 1 or k % 2 == 0 for k in kernels):
+        raise ValueError(f"strides must be >= 1 and kernels odd and >= 1, got {strides} and {kernels}")
+    return strides, [2 * (k - 1) for k in kernels]
 
 
-def _valid_output(input_size: int, depth: int) -> int | None:
-    """Output size of a valid-padding U-Net, or None when ``input_size`` does not fit."""
+def _valid_output(input_size: int, depth: int, strides: Sequence[int] | None = None,
+                  kernels: Sequence[int] | None = None) -> int | None:
+    """Output size of a valid-padding U-Net along one axis, or None when ``input_size`` does not fit."""
+    steps, losses = _axis_topology(depth, strides, kernels)
     n = int(input_size)
-    for _ in range(depth - 1):
-        n -= _VALID_LOSS
-        if n <= 0 or n % 2:
+    for stride, loss in zip(steps, losses[:-1], strict=True):
+        n -= loss
+        if n <= 0 or n % stride:
             return None
-        n //= 2
-    n -= _VALID_LOSS
+        n //= stride
+    n -= losses[-1]
     if n <= 0:
         return None
-    for _ in range(depth - 1):
-        n = 2 * n - _VALID_LOSS
+    for stride, loss in zip(reversed(steps), reversed(losses[:-1]), strict=True):
+        n = stride * n - loss
     return n if n > 0 else None
 
 
-def valid_unet_output_size(input_size: int, depth: int) -> int:
+def valid_unet_output_size(input_size: int, depth: int, strides: Sequence[int] | None = None,
+                           kernels: Sequence[int] | None = None) -> int:
     """Output size of a valid-padding U-Net with ``depth`` levels; ValueError if ``input_size`` doesn't fit.
 
-    A size fits when every map entering a 2x2 max-pool has even size (otherwise the pooled map and its
-    skip could not be aligned exactly, which the paper avoids by choosing tile sizes).
+    A size fits when every map entering a max-pool has a size divisible by its stride (otherwise the pooled
+    map and its skip could not be aligned exactly, which the paper avoids by choosing tile sizes). One axis
+    at a time: ``strides`` (``depth - 1`` values) and ``kernels`` (``depth`` odd values) are *this axis's*
+    entries of the network's ``strides`` / ``kernel_sizes`` (None: 2 and 3, the paper's network). An axis
+    with kernel 1 at a level loses no margin there.
     """
-    out = _valid_output(input_size, depth)
+    out = _valid_output(input_size, depth, strides, kernels)
     if out is None:
         raise ValueError(
-            f"input size {input_size} does not fit a valid-padding U-Net of depth {depth}; "
-            f"nearest valid input sizes: {_neighbours(input_size, depth)} "
+            f"input size {input_size} does not fit a valid-padding U-Net of depth {depth}"
+            f"{'' if strides is None and kernels is None else f' (strides {strides}, kernels {kernels})'}; "
+            f"nearest valid input sizes: {_neighbours(input_size, depth, strides, kernels)} "
             "(use valid_unet_input_size(output_size, depth) to choose a tile)"
         )
     return out
 
 
-def valid_unet_input_size(output_size: int, depth: int) -> int:
+def valid_unet_input_size(output_size: int, depth: int, strides: Sequence[int] | None = None,
+                          kernels: Sequence[int] | None = None) -> int:
     """Input tile size whose valid-padding U-Net output covers ``output_size`` (overlap-tile inference).
 
-    Not every output size is reachable (outputs step by 2**(depth-1)), so this returns the input for the
-    smallest reachable output >= ``output_size``; e.g. depth 5: 388 -> 572 (exact, the paper's tile).
+    Not every output size is reachable (outputs step by the product of the strides, 2**(depth-1) by
+    default), so this returns the input for the smallest reachable output >= ``output_size``; e.g. depth 5:
+    388 -> 572 (exact, the paper's tile). ``strides`` / ``kernels``: this axis's, as in
+    :func:`valid_unet_output_size`.
     """
     if output_size < 1:
         raise ValueError("output_size must be >= 1")
+    steps, losses = _axis_topology(depth, strides, kernels)
     n = 1  # bottleneck size after its two convs; grow until the output is large enough
     while True:
         out = n
-        for _ in range(depth - 1):
-            out = 2 * out - _VALID_LOSS
+        for stride, loss in zip(reversed(steps), reversed(losses[:-1]), strict=True):
+            out = stride * out - loss
         if out >= output_size:
             break
         n += 1
-    size = n + _VALID_LOSS
-    for _ in range(depth - 1):
-        size = 2 * size + _VALID_LOSS
+    size = n + losses[-1]
+    for stride, loss in zip(reversed(steps), reversed(losses[:-1]), strict=True):
+        size = stride * size + loss
     return size
 
 
-def _neighbours(size: int, depth: int) -> tuple[int | None, int]:
+def _neighbours(size: int, depth: int, strides: Sequence[int] | None,
+                kernels: Sequence[int] | None) -> tuple[int | None, int]:
     lo = int(size)
-    while lo > 0 and _valid_output(lo, depth) is None:
+    while lo > 0 and _valid_output(lo, depth, strides, kernels) is None:
         lo -= 1
     hi = max(int(size), 1)
-    while _valid_output(hi, depth) is None:
+    while _valid_output(hi, depth, strides, kernels) is None:
         hi += 1
     return (lo if lo > 0 else None), hi
 
@@ -108,7 +131,9 @@ class UNet(SegmentationNetwork):
         up_kernel_size: transposed-conv kernel; 2 (paper) or 4 (UNet 3+ authors' reference code).
         head_kernel_size: kernel of the output conv; 1 (paper) or 3 (UNet 3+ reference code).
         **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`. Deep-supervision heads (1x1)
-            tap decoder stages at 1/2 ... 1/2**(depth-2) resolution.
+            tap decoder stages at 1/2 ... 1/2**(depth-2) resolution (per axis: the levels' ``strides``).
+            ``kernel_sizes[i]`` sizes both convs of encoder level i and of the decoder stage at level i;
+            the output conv keeps ``head_kernel_size`` only on the axes level 0 convolves across.
     """
 
     def __init__(
@@ -135,7 +160,7 @@ class UNet(SegmentationNetwork):
         self.features = feats
         self.padding = padding
         self.depth = len(feats)
-        self.size_divisor = 2 ** (self.depth - 1)
+        self._init_topology(feats)
         self.pads_input = padding == "same"
 
         dropout, self.bottleneck_dropout = place_dropout(spatial_dims, dropout, dropout_position)
@@ -144,9 +169,10 @@ class UNet(SegmentationNetwork):
         )
         up = partial(UpSample, spatial_dims, mode=upsample, kernel_size=up_kernel_size, bias=bias)
         dec = feats[-2::-1]
-        self.encoder = Encoder(spatial_dims, in_channels, feats, block)
-        self.decoder = Decoder(feats[-1], dec, dec, up, block, crop_skip=padding == "valid")
-        self.head = SegHead(spatial_dims, feats[0], out_channels, head_kernel_size)
+        self.encoder = Encoder(spatial_dims, in_channels, feats, block, self.strides, self.kernel_sizes)
+        self.decoder = Decoder(feats[-1], dec, dec, up, block, crop_skip=padding == "valid",
+                               scales=self.strides[::-1], kernel_sizes=self.kernel_sizes[-2::-1])
+        self.head = SegHead(spatial_dims, feats[0], out_channels, capped(head_kernel_size, self.kernel_sizes[0]))
         # aux heads for decoder outputs at levels 1 .. depth-2 (index k -> level k+1), high -> low resolution
         self.aux_heads = (
             nn.ModuleList(
@@ -178,8 +204,12 @@ class UNet(SegmentationNetwork):
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
         if self.padding == "valid":
-            for size in x.shape[2:]:
-                valid_unet_output_size(int(size), self.depth)
+            for axis, size in enumerate(x.shape[2:]):
+                valid_unet_output_size(int(size), self.depth, *self.axis_topology(axis))
+
+    def axis_topology(self, axis: int) -> tuple[list[int], list[int]]:
+        """(strides, kernels) along spatial ``axis``, as :func:`valid_unet_output_size` takes them."""
+        return [s[axis] for s in self.strides], [k[axis] for k in self.kernel_sizes]
 
     def forward_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         feats = self.encoder(x)

@@ -1,7 +1,8 @@
 """UNet 3+ (Huang et al., ICASSP 2020): full-scale skip connections, full-scale deep supervision, CGM.
 
 Decoder stage at level i receives *every* scale, each through a 3x3 conv to ``cat_channels``:
-shallower encoder maps are max-pooled down by 2**(i-s), the same-level encoder map passes as is, deeper
+shallower encoder maps are max-pooled down by 2**(i-s) (per axis: the product of ``strides`` between the
+two levels), the same-level encoder map passes as is, deeper
 decoder maps (and the bottom encoder map) are bi/trilinearly upsampled. The ``depth * cat_channels``
 (paper: 5 x 64 = 320) concatenation is fused by one conv+norm+ReLU. The stages are built by a loop over
 levels (the reference code unrolls ~100 layer definitions by hand).
@@ -33,12 +34,17 @@ from torch import nn
 from .base import SegmentationNetwork
 from .blocks import ActSpec, ConvNormAct, DoubleConv, NormSpec, check_features, resize_to
 from .stages import Encoder, SegHead, place_dropout
+from .topology import Axes, capped, scale_between
 
 __all__ = ["UNet3Plus"]
 
 
 class FullScaleStage(nn.Module):
-    """One UNet 3+ decoder stage at ``level``: one branch per source scale, concatenation, fusion conv."""
+    """One UNet 3+ decoder stage at ``level``: one branch per source scale, concatenation, fusion conv.
+
+    ``strides`` (per axis, one per downsampling) set how far each shallower source is max-pooled: by the
+    product of the strides between its level and this one; ``conv`` builds this level's branch convs.
+    """
 
     def __init__(
         self,
@@ -47,11 +53,12 @@ class FullScaleStage(nn.Module):
         source_channels: Sequence[int],
         cat_channels: int,
         conv: partial,
+        strides: Sequence[Axes],
     ) -> None:
         super().__init__()
         self.level = level
         self.pools = nn.ModuleList(
-            Pool[Pool.MAX, spatial_dims](kernel_size=2 ** (level - s), ceil_mode=True)
+            Pool[Pool.MAX, spatial_dims](kernel_size=scale_between(strides, s, level), ceil_mode=True)
             if s < level
             else nn.Identity()
             for s in range(len(source_channels))
@@ -81,7 +88,8 @@ class UNet3Plus(SegmentationNetwork):
             code's rule (64 for the paper's widths). The decoder width is depth * cat_channels.
         norm / act / dropout / dropout_position / bias: as in :class:`~monai_ext.networks.unet.UNet`
             (paper: batch norm, ReLU).
-        head_kernel_size: output conv kernel (3 in the reference code).
+        head_kernel_size: output conv kernel (3 in the reference code); 1 on the axes a level's
+            ``kernel_sizes`` entry keeps apart (the heads at that level's resolution).
         **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`; aux heads = decoder stages
             1 .. depth-2 then the bottleneck (high -> low resolution).
     """
@@ -112,23 +120,25 @@ class UNet3Plus(SegmentationNetwork):
         self.features = feats
         self.cat_channels = cat_channels
         self.depth = depth = len(feats)
-        self.size_divisor = 2 ** (depth - 1)
+        self._init_topology(feats)
         up_channels = cat_channels * depth
         dropout, self.bottleneck_dropout = place_dropout(spatial_dims, dropout, dropout_position)
         block = partial(DoubleConv, spatial_dims, norm=norm, act=act, dropout=dropout, bias=bias)
-        conv = partial(ConvNormAct, spatial_dims, kernel_size=3, norm=norm, act=act, bias=bias)
+        conv = partial(ConvNormAct, spatial_dims, norm=norm, act=act, bias=bias)
 
-        self.encoder = Encoder(spatial_dims, in_channels, feats, block)
+        self.encoder = Encoder(spatial_dims, in_channels, feats, block, self.strides, self.kernel_sizes)
         # stages[k] builds decoder level depth-2-k (deep -> shallow)
         stages = []
         for level in range(depth - 2, -1, -1):
             sources = [feats[s] if s <= level else up_channels for s in range(depth - 1)] + [feats[-1]]
-            stages.append(FullScaleStage(spatial_dims, level, sources, cat_channels, conv))
+            level_conv = partial(conv, kernel_size=self.kernel_sizes[level])
+            stages.append(FullScaleStage(spatial_dims, level, sources, cat_channels, level_conv, self.strides))
         self.stages = nn.ModuleList(stages)
-        self.head = SegHead(spatial_dims, up_channels, out_channels, head_kernel_size)
+        head_kernels = [capped(head_kernel_size, k) for k in self.kernel_sizes]  # heads at levels 0, 1, ...
+        self.head = SegHead(spatial_dims, up_channels, out_channels, head_kernels[0])
         aux_in = [up_channels] * (depth - 2) + [feats[-1]]
         self.aux_heads = (
-            nn.ModuleList(SegHead(spatial_dims, c, out_channels, head_kernel_size) for c in aux_in)
+            nn.ModuleList(SegHead(spatial_dims, c, out_channels, head_kernels[k + 1]) for k, c in enumerate(aux_in))
             if self.deep_supervision
             else nn.ModuleList()
         )

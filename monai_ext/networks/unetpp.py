@@ -45,7 +45,8 @@ class UNetPlusPlus(SegmentationNetwork):
         norm / act / dropout / dropout_position / bias / upsample / up_kernel_size: as in
             :class:`~monai_ext.networks.unet.UNet` (the bottleneck dropout acts on X^{depth-1,0}).
         prune_level: 1 .. depth-1, or None for the full network (eval only; see module docstring).
-        **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`.
+        **common: see :class:`~monai_ext.networks.base.SegmentationNetwork`. Every node X^{i,j} convolves
+            with ``kernel_sizes[i]`` and upsamples X^{i+1,j-1} by ``strides[i]``.
     """
 
     #: every head is full resolution and selectable at inference: none may get weight 0 (module docstring)
@@ -73,19 +74,21 @@ class UNetPlusPlus(SegmentationNetwork):
         feats = check_features(features)
         self.features = feats
         self.depth = len(feats)
-        self.size_divisor = 2 ** (self.depth - 1)
+        self._init_topology(feats)
         dropout, self.bottleneck_dropout = place_dropout(spatial_dims, dropout, dropout_position)
         block = partial(DoubleConv, spatial_dims, norm=norm, act=act, dropout=dropout, bias=bias)
         up = partial(UpSample, spatial_dims, mode=upsample, kernel_size=up_kernel_size, bias=bias)
 
-        self.encoder = Encoder(spatial_dims, in_channels, feats, block)
+        self.encoder = Encoder(spatial_dims, in_channels, feats, block, self.strides, self.kernel_sizes)
         # nodes[i][j-1] is X^{i,j} (j >= 1), ups[i][j-1] upsamples X^{i+1,j-1} into it
         self.nodes = nn.ModuleList()
         self.ups = nn.ModuleList()
         for i in range(self.depth - 1):
             cols = self.depth - 1 - i
-            self.nodes.append(nn.ModuleList(block((j + 1) * feats[i], feats[i]) for j in range(1, cols + 1)))
-            self.ups.append(nn.ModuleList(up(feats[i + 1], feats[i]) for _ in range(cols)))
+            kernel, scale = self.kernel_sizes[i], self.strides[i]
+            self.nodes.append(nn.ModuleList(block((j + 1) * feats[i], feats[i], kernel_size=kernel)
+                                            for j in range(1, cols + 1)))
+            self.ups.append(nn.ModuleList(up(feats[i + 1], feats[i], scale=scale) for _ in range(cols)))
         # heads[L-1] sits on X^{0,L}; only the last one without deep supervision
         first_head = 1 if self.deep_supervision else self.depth - 1
         self.heads = nn.ModuleDict(

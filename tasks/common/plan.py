@@ -6,36 +6,47 @@ with every registered model, so inference applies exactly the preprocessing the 
 
 JSON form (``plan.json``, ``Plan.model_dump(mode="json")``)::
 
-    {"version": 1,
+    {"version": 2,
      "spatial_dims": 2,                       # 2: X×Y images (Z = 1), 3: volumes
      "in_channels": 1, "num_classes": 2,      # network input channels / output classes (background included)
      "label_names": {"background": 0, "cell": 1},   # what each class means, as ingest resolved it (dataset.json)
      "normalization": {"channels": [{"scheme": "zscore"}]},   # per channel: zscore | none | ct (+ clip/mean/std)
      "intensity_statistics": {"cases": [...], "channels": [{"fg_mean": …, "fg_std": …, …}]},
-     "patch_size": [48, 48],                  # training patch and default sliding-window size, voxels
+     "patch_size": [224, 224, 40],            # training patch and default sliding-window size, voxels at the target
+                                              # spacing: the median case (in mm) shrunk to fit train.memory_budget_gb
                                               # (a valid-padding network's input tile, e.g. [188, 188])
      "output_size": null,                     # valid-padding networks only: the output tile the network gives
                                               # for patch_size, e.g. [100, 100] (smaller by 2 × the margin on
                                               # each axis; labels and weight maps are cropped to it in training,
                                               # inference runs overlap-tile); null: output = input (same padding)
+     "batch_size": 2,                         # what fits the budget beside the patch; ≤ 5% of the data, ≥ 2
+     "memory": {"budget_gb": 8.0, "method": "estimated (activation sizes)" | "measured (cuda)",
+                "fits": true, "gb_at_batch_size": 7.6, "gb_per_sample": 3.8},
      "weight_maps": true,                     # cases carry the U-Net weight map
      "weight_map_objects": "instances",       # what the border term separates: "instances" (given instance maps:
                                               # instancesTr/ or data.instance_labels) | "connected_components"
                                               # (none given: each class split into its connected components,
                                               # so touching objects of one class count as one) | null (no maps)
-     "target_spacing": [0.7, 0.7, 2.5],      # mm, dataset (RAS) axis order: nnU-Net v2's rule (per-axis median;
+     "target_spacing": [0.7, 0.7, 4.25],     # mm, dataset (RAS) axis order: nnU-Net v2's rule (per-axis median;
                                               # an anisotropic coarse axis at its 10th percentile) or the
-                                              # preprocess.target_spacing override; null: no case spacings.
-                                              # Recorded only: nothing resamples to it yet (issue #15)
-     "fingerprint": {"num_cases": 40,         # what target_spacing was chosen from (tasks.preprocess.fingerprint)
+                                              # preprocess.target_spacing override; every case is resampled to it
+                                              # and inference resamples back; null: no case spacings
+     "fingerprint": {"num_cases": 40,         # what target_spacing and the patch were chosen from
                      "spacing": {"median": [...], "min": [...], "max": [...]},   # per axis, mm
-                     "median_shape": [512, 512, 42]},                            # per axis, voxels
+                     "median_shape": [512, 512, 42],              # per axis, voxels, as stored
+                     "median_nonzero_shape": [430, 470, 42],      # the non-zero bounding boxes (training cases)
+                     "median_shape_resampled": [460, 500, 45]},   # … at the target spacing: what the patch follows
      "split": {"train": [...], "val": [...], "test": [...]},
-     "network": {"name": "unet", "features": [16, 32, 64, 128], "norm": "batch", "options": {}}}
+     "network": {"name": "unet", "features": [16, 32, 64, 128], "norm": "batch", "options": {},
+                 "strides": [[2, 2, 1], [2, 2, 1], [2, 2, 2]],            # per downsampling, per axis
+                 "kernel_sizes": [[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3]]}}   # per level, per axis
 
 Older plans (before ``version``) wrote the network options flat next to ``name`` and could hold a
 single-scheme normalisation (``{"scheme": "zscore"}``); both still load, into this form. Plans from before
-``target_spacing`` and ``fingerprint`` load with both null.
+``target_spacing`` and ``fingerprint`` load with both null, and version 1 (which recorded a target spacing
+but never resampled to it) loads with ``target_spacing`` null, so its models see inputs as they trained.
+Without ``strides``/``kernel_sizes`` the network is the isotropic default, and without ``batch_size`` the
+trainer uses ``train.batch_size`` (or 2).
 """
 
 from __future__ import annotations
@@ -47,9 +58,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 PLAN_FILE = "plan.json"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: cases are resampled to target_spacing (version 1 recorded it only)
 
 _NETWORK_KEYS = ("name", "features", "norm", "options")
+_TOPOLOGY_KEYS = ("strides", "kernel_sizes")
 
 
 class _Frozen(BaseModel):
@@ -63,14 +75,21 @@ class NetworkSpec(_Frozen):
     features: tuple[int, ...]
     norm: str | None = "batch"
     options: dict[str, Any] = Field(default_factory=dict)
+    strides: tuple[tuple[int, ...], ...] | None = None  # per downsampling, per axis (None: 2 everywhere)
+    kernel_sizes: tuple[tuple[int, ...], ...] | None = None  # per level, per axis (None: 3 everywhere)
+
+    def same_model(self, other: NetworkSpec) -> bool:
+        """Whether ``other`` asks for this network, whatever topology the plan gave it (params.yaml has none)."""
+        return all(getattr(self, key) == getattr(other, key) for key in _NETWORK_KEYS)
 
     @model_validator(mode="before")
     @classmethod
     def _flat_options(cls, data: Any) -> Any:
         """Older plans kept options flat (``{"name": "unet", "padding": "valid"}``)."""
-        if isinstance(data, dict) and set(data) - set(_NETWORK_KEYS):
-            extra = {k: v for k, v in data.items() if k not in _NETWORK_KEYS}
-            data = {**{k: v for k, v in data.items() if k in _NETWORK_KEYS},
+        known = (*_NETWORK_KEYS, *_TOPOLOGY_KEYS)
+        if isinstance(data, dict) and set(data) - set(known):
+            extra = {k: v for k, v in data.items() if k not in known}
+            data = {**{k: v for k, v in data.items() if k in known},
                     "options": {**data.get("options", {}), **extra}}
         if isinstance(data, dict) and "cgm_threshold" in data.get("options", {}):  # renamed: the network's own gate
             options = dict(data["options"])
@@ -121,6 +140,8 @@ class Plan(_Frozen):
     intensity_statistics: IntensityStatistics | None = None
     patch_size: tuple[int, ...]
     output_size: tuple[int, ...] | None = None
+    batch_size: int | None = Field(None, gt=0)
+    memory: dict[str, Any] | None = None
     weight_maps: bool = False
     weight_map_objects: Literal["instances", "connected_components"] | None = None
     target_spacing: tuple[float, ...] | None = None
@@ -132,6 +153,10 @@ class Plan(_Frozen):
     @classmethod
     def _older_forms(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            if int(data.get("version", PLAN_VERSION)) < 2 and data.get("target_spacing") is not None:
+                # Version 1 recorded a target spacing but trained on the cases' own grids: its models must not
+                # be handed resampled images.
+                data = {**data, "target_spacing": None}
             norm = data.get("normalization")
             if isinstance(norm, dict) and "scheme" in norm and "channels" not in norm:
                 data = {**data, "normalization": {"channels": [norm] * int(data.get("in_channels", 1))}}
@@ -201,5 +226,6 @@ def build_model(plan: Plan) -> nn.Module:
     from monai_ext.networks import build_network
 
     spec = plan.network
+    topology = {"strides": spec.strides, "kernel_sizes": spec.kernel_sizes} if spec.strides is not None else {}
     return build_network(spec.name, plan.spatial_dims, plan.in_channels, plan.num_classes,
-                         features=spec.features, norm=spec.norm, **spec.options)
+                         features=spec.features, norm=spec.norm, **topology, **spec.options)

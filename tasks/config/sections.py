@@ -93,7 +93,8 @@ class PreprocessConfig(Section):
     spacing: physical distances, for anisotropic 3D). ``intensity_samples`` caps the foreground voxels
     drawn per training case for the statistics (nnU-Net: 10000), which keeps the pass over a large dataset
     cheap. ``target_spacing`` (mm, X/Y/Z) replaces the spacing planning chooses from the dataset fingerprint
-    (nnU-Net v2's rule, ``tasks.preprocess.fingerprint``); it is only recorded in the plan so far.
+    (nnU-Net v2's rule, ``tasks.preprocess.fingerprint``); every case is resampled to it (images third order,
+    labels per class without losing one) and inference resamples the probabilities back to the input's grid.
     ``runner``: ``threads`` (``workers`` threads) or ``dask`` (``workers`` local processes, or the
     cluster at ``dask_address``; needs the ``dask`` extra); weight maps are pure Python/NumPy work
     that threads share under the GIL, so a large dataset gains from processes.
@@ -176,8 +177,9 @@ class AugmentConfig(Section):
     spatial dims; ``elastic_sigma`` is the field's smoothness in voxels — the 3D Gaussian σ, twice it the
     2D control-point spacing — and ``elastic_magnitude`` the displacement range in voxels), or the
     U-Net paper's own (``paper``: a coarse ``grid``³ of Gaussian displacements with std ``sigma_px``).
-    ``loader_workers`` processes run the random part while the deterministic part stays cached
-    (``loader_cache``: ``memory`` = MONAI CacheDataset, ``none`` = re-read every item).
+    ``loader_workers`` processes run the random part; ``loader_cache`` says where cases live: ``mmap``
+    = patches read from memory-mapped case files (memory independent of the number of cases), ``memory``
+    = every case held in memory (MONAI CacheDataset; small datasets only).
     ``train.augment: false`` is still accepted and means ``enabled: false``.
     """
 
@@ -198,7 +200,7 @@ class AugmentConfig(Section):
     grid: int = Field(3, ge=2)
     sigma_px: float = Field(10.0, ge=0.0)
     loader_workers: int = Field(0, ge=0)
-    loader_cache: Literal["memory", "none"] = "memory"
+    loader_cache: Literal["mmap", "memory"] = "mmap"
 
     @model_validator(mode="before")
     @classmethod
@@ -214,12 +216,18 @@ class AugmentConfig(Section):
 
 
 class TrainConfig(Section):
-    """How the trainer executes the plan."""
+    """How the trainer executes the plan.
+
+    ``patch_size`` and ``batch_size`` (null: planned) and ``memory_budget_gb`` are read by *preprocess*: the
+    plan fits the patch and the batch to the budget (default: a GPU of 8 GB, nnU-Net's reference), measured
+    on CUDA and estimated from activation sizes elsewhere (``tasks.preprocess.memory_budget``).
+    """
 
     output_dir: str = "outputs/model"
     epochs: int = Field(30, gt=0)
-    batch_size: int = Field(8, gt=0)
+    batch_size: int | None = Field(None, gt=0)
     patch_size: tuple[int, ...] | None = None
+    memory_budget_gb: float = Field(8.0, gt=0.0)
     learning_rate: float = Field(1e-2, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     optimizer: Literal["sgd", "adamw"] = "sgd"

@@ -14,10 +14,9 @@ from tasks.common.atomic import write_json, write_text
 from tasks.common.devices import resolve_device
 from tasks.common.plan import PLAN_FILE, Plan
 from tasks.config import Params
-from tasks.evaluation.evaluate import score_cases, summarize
-from tasks.preprocess.planning import network_spec
+from tasks.evaluation.evaluate import score_cases, summarize, test_cases
+from tasks.preprocess.planning import variant_network
 from tasks.tracking.model_package import load_model
-from tasks.training.data_loader import load_cases
 from tasks.training.trainer import train_model
 
 COLUMNS = ("variant", "test_dice", "test_iou", "best_val_dice", "parameters", "seconds_per_epoch", "peak_memory_mb")
@@ -63,10 +62,12 @@ def compare_variants(params: Params, root: Path, variants: list[str], params_fil
             output_dir = root / "outputs" / "compare" / variant
             result = train_model(candidate, root, output_dir=output_dir, register=False, run_name=variant,
                                  nested=True, extra_tags={"unetflow.parent": parent.info.run_id},
-                                 plan=base_plan.with_network(network_spec(candidate.model)), params_file=params_file)
+                                 plan=base_plan.with_network(variant_network(base_plan, candidate.model)),
+                                 params_file=params_file)
             model, plan = load_model(result.checkpoint)
-            items = load_cases(root / params.preprocess.output_dir, plan.split.test)
-            test_dice, test_iou = summarize(score_cases(model.to(device), plan, items, params.infer.overlap, device))
+            dataset = root / params.data.dataset_dir
+            test_dice, test_iou = summarize(score_cases(model.to(device), plan, dataset, test_cases(dataset, plan),
+                                                        params.infer.overlap, device))
             with mlflow.start_run(run_id=result.run_id, nested=True):
                 mlflow.log_metrics({"test_dice": test_dice, "test_iou": test_iou})
             rows.append({"variant": variant, "test_dice": test_dice, "test_iou": test_iou,

@@ -4,6 +4,10 @@ A UNet++ trained with deep supervision is also scored at every level it can be p
 heads averaged: the UNet++ paper's speed/accuracy trade-off, measured on the user's own test set, is what
 ``infer.prune_level`` / ``infer.unetpp_heads`` choose from. Seconds per case time the prediction only
 (the sliding windows on the evaluation device), not the metrics.
+
+Test cases are scored as ``unetflow infer`` would segment them: read from the canonical dataset on their
+native grid (not the resampled preprocessed copy), predicted on the plan's spacing and resampled back
+(:mod:`tasks.inference.native_grid`), one case in memory at a time.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import torch
 
 from tasks.common.atomic import write_json, write_text
 from tasks.common.devices import resolve_device
+from tasks.common.normalization import normalize, to_channel_first
 from tasks.common.plan import Plan
 from tasks.config import Params
 from tasks.evaluation.metrics import dice_per_class, hd95_per_class, iou_per_class
-from tasks.inference.sliding_window import predict_labels
+from tasks.inference.native_grid import predict_native_labels
 from tasks.inference.unetpp_modes import model_for_mode, unetpp_levels
+from tasks.preprocess.cases import load_case_arrays
 from tasks.tracking.model_package import load_model
-from tasks.training.data_loader import load_cases
 
 
 @dataclass
@@ -38,16 +43,33 @@ class EvaluationResult:
     levels: list[dict] = field(default_factory=list)  # UNet++ with deep supervision: one row per mode
 
 
-def score_cases(model: torch.nn.Module, plan: Plan, items: list[dict], overlap: float,
+def test_cases(dataset_dir: Path, plan: Plan) -> list[dict]:
+    """The manifest records of the plan's test cases (read one at a time when scored)."""
+    manifest = json.loads((dataset_dir / "dataset.json").read_text(encoding="utf-8"))
+    wanted = set(plan.split.test)
+    return [case for case in manifest["cases"] if case["case_id"] in wanted]
+
+
+def native_case(dataset_dir: Path, case: dict, plan: Plan) -> dict:
+    """One canonical case as a user has it (native grid): normalised ``C×…`` image, label, spacing (mm)."""
+    image, label, _ = load_case_arrays(dataset_dir, case)
+    dims = plan.spatial_dims
+    spacing = [float(s) for s in case["spacing"][:dims]] if case.get("spacing") else None
+    return {"case_id": case["case_id"], "image": to_channel_first(normalize(image, plan.normalization), dims),
+            "label": to_channel_first(label, dims), "spacing": spacing}
+
+
+def score_cases(model: torch.nn.Module, plan: Plan, dataset_dir: Path, cases: list[dict], overlap: float,
                 device: torch.device) -> list[dict]:
-    """Per-case test metrics: mean foreground Dice, IoU and HD95, Dice per class, relative volume error,
-    and the seconds the prediction took."""
+    """Per-case test metrics on each case's native grid, one case in memory at a time: mean foreground Dice,
+    IoU and HD95 (mm), Dice per class, relative volume error, and the seconds the prediction took."""
     rows = []
-    for item in items:
+    for case in cases:
+        item = native_case(dataset_dir, case, plan)
         started = time.perf_counter()
-        prediction = predict_labels(model, item["image"], plan.patch_size, overlap=overlap, device=device)
+        prediction = predict_native_labels(model, plan, item["image"], item["spacing"], overlap=overlap, device=device)
         seconds = time.perf_counter() - started  # the labels are on the CPU: the device's work is done
-        truth = item["label"][0]
+        truth = item.pop("label")[0]
         dice = dice_per_class(prediction, truth, plan.num_classes)
         iou = iou_per_class(prediction, truth, plan.num_classes)
         hd95 = hd95_per_class(prediction, truth, plan.num_classes, item.get("spacing"))
@@ -64,7 +86,7 @@ def score_cases(model: torch.nn.Module, plan: Plan, items: list[dict], overlap: 
 LEVEL_COLUMNS = ("mode", "test_dice", "test_iou", "seconds_per_case")
 
 
-def score_unetpp_levels(model: torch.nn.Module, plan: Plan, items: list[dict], overlap: float,
+def score_unetpp_levels(model: torch.nn.Module, plan: Plan, dataset_dir: Path, cases: list[dict], overlap: float,
                         device: torch.device) -> list[dict]:
     """Mean Dice, IoU and seconds per case for UNet++ pruned to L1 .. L{depth-1} and for its heads' mean.
 
@@ -73,9 +95,9 @@ def score_unetpp_levels(model: torch.nn.Module, plan: Plan, items: list[dict], o
     modes = [(f"L{level}", level, "last") for level in unetpp_levels(plan)]
     rows = []
     for name, level, heads in [*modes, *([("heads_mean", None, "mean")] if modes else [])]:
-        cases = score_cases(model_for_mode(model, plan, level, heads), plan, items, overlap, device)
-        dice, iou = summarize(cases)
-        seconds = float(np.mean([c["seconds"] for c in cases])) if cases else float("nan")
+        scored = score_cases(model_for_mode(model, plan, level, heads), plan, dataset_dir, cases, overlap, device)
+        dice, iou = summarize(scored)
+        seconds = float(np.mean([c["seconds"] for c in scored])) if scored else float("nan")
         rows.append({"mode": name, "test_dice": dice, "test_iou": iou, "seconds_per_case": seconds})
     return rows
 
@@ -113,14 +135,11 @@ def evaluate_model(params: Params, root: Path) -> EvaluationResult:
     train_info = json.loads((root / params.train.output_dir / "train.json").read_text(encoding="utf-8"))
     model, plan = load_model(str(root / params.train.output_dir / "model.pt"))
     device = resolve_device(params.train.device, "train.device")
-    items = load_cases(root / params.preprocess.output_dir, plan.split.test)
-    manifest = json.loads((root / params.data.dataset_dir / "dataset.json").read_text(encoding="utf-8"))
-    spacing = {case["case_id"]: case["spacing"][: plan.spatial_dims] for case in manifest["cases"]}
-    for item in items:  # HD95 in mm
-        item["spacing"] = spacing.get(item["case_id"])
-    rows = score_cases(model.to(device), plan, items, params.infer.overlap, device)
+    dataset = root / params.data.dataset_dir
+    cases = test_cases(dataset, plan)
+    rows = score_cases(model.to(device), plan, dataset, cases, params.infer.overlap, device)
     test_dice, test_iou = summarize(rows)
-    levels = score_unetpp_levels(model, plan, items, params.infer.overlap, device)
+    levels = score_unetpp_levels(model, plan, dataset, cases, params.infer.overlap, device)
     metrics_dir = root / "outputs" / "metrics"
     write_json(metrics_dir / "test.json", {"test_dice": test_dice, "test_iou": test_iou, "cases": len(rows),
                                            **({"unetpp_levels": {r["mode"]: {k: v for k, v in r.items() if k != "mode"}

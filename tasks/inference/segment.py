@@ -1,7 +1,9 @@
 """One study through the model: the plan's preprocessing, sliding windows, CGM gate, the mask on the input's grid.
 
-Preprocessing is the model's plan (normalisation, channels, 2D/3D, patch size), never a constant copied
-here; the mask is reordered back to the input's voxel grid (:mod:`tasks.inference.studies`); the CGM
+Preprocessing is the model's plan (normalisation, target spacing, channels, 2D/3D, patch size), never a
+constant copied here; the probabilities come back to the input's grid before the argmax
+(:mod:`tasks.inference.native_grid`); the mask is reordered back to the input's voxel orientation
+(:mod:`tasks.inference.studies`); the CGM
 classifier, when the network has one, gates the segmentation (:mod:`tasks.inference.postprocess`) and the
 report says how much it removed.
 
@@ -30,14 +32,16 @@ from tasks.common.normalization import normalize, to_channel_first
 from tasks.common.plan import Plan
 from tasks.config import DataConfig, InferConfig
 from tasks.inference.inputs import InferCase
+from tasks.inference.native_grid import model_space_spacing, predict_on_native_grid
 from tasks.inference.postprocess import FilterReport, gate_images, gate_voxels, keep_largest_component
-from tasks.inference.sliding_window import WindowSettings, has_cgm, predict_windows, roi_size_for
+from tasks.inference.sliding_window import WindowSettings, has_cgm, roi_size_for
 from tasks.inference.studies import LoadedStudy, load_study, shown_name, to_input_space, to_model_space, write_mask
 from tasks.inference.unetpp_modes import model_for_mode
 
 log = logging.getLogger("unetflow.infer")
 
-REPORT_VERSION = 2  # bump when an unchanged input would now give a different output (2: CGM cgm_probability)
+REPORT_VERSION = 3  # bump when an unchanged input would now give a different output (2: CGM cgm_probability,
+#                    3: the plan's target spacing and back)
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,10 @@ def _plan_checks(canonical: np.ndarray, plan: Plan, name: str) -> None:
         raise ValueError(f"{name}: {channels} channel(s), the model expects {plan.in_channels}")
 
 
-def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, settings: InferSettings,
+def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, spacing: tuple[float, ...], settings: InferSettings,
              device: torch.device) -> tuple[np.ndarray, dict[str, Any], FilterReport]:
-    """Labels on the canonical grid, the CGM record and what the CGM gate removed."""
+    """Labels on the canonical grid (of voxel size ``spacing``), the CGM record and what the CGM gate removed;
+    the network sees the image on the plan's target spacing (:mod:`tasks.inference.native_grid`)."""
     dims = plan.spatial_dims
     window = WindowSettings(roi_size_for(plan, settings.roi_size), settings.overlap, settings.sw_batch_size,
                             settings.mirror_tta, settings.amp, settings.stitch_device)
@@ -111,7 +116,7 @@ def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, settings: Infe
         slices, probabilities = [], []
         for z in range(canonical.shape[2]):
             image = to_channel_first(normalize(canonical[:, :, z:z + 1].astype(np.float32), plan.normalization), 2)
-            prediction = predict_windows(model, image, window, device)
+            prediction = predict_on_native_grid(model, plan, image, spacing[:2], window, device)
             slices.append(prediction.probabilities.argmax(0).to(torch.uint8).numpy())
             if prediction.window_probabilities:
                 probabilities.append(max(prediction.window_probabilities))
@@ -123,7 +128,7 @@ def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, settings: Infe
             return labels, record, report
         return labels, record, FilterReport()
     image = to_channel_first(normalize(canonical.astype(np.float32), plan.normalization), 3)
-    prediction = predict_windows(model, image, window, device)
+    prediction = predict_on_native_grid(model, plan, image, spacing, window, device)
     labels = prediction.probabilities.argmax(0).to(torch.uint8).numpy()
     del image
     record["level"] = "window"
@@ -152,7 +157,7 @@ def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path
     timings["read"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    labels, cgm, cgm_report = _predict(model, plan, canonical, settings, device)
+    labels, cgm, cgm_report = _predict(model, plan, canonical, model_space_spacing(study.affine), settings, device)
     del canonical
     timings["predict"] = time.perf_counter() - clock
 

@@ -1,18 +1,20 @@
-"""One canonical case → ``cases/<id>.npz`` (normalised image, label, weight map), as training reads it.
+"""One canonical case → ``cases/<id>/`` (memory-mappable image, label, weight map), as training reads it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from tasks.common.atomic import atomic_path
 from tasks.common.normalization import normalize, to_channel_first
 from tasks.common.plan import Plan
 from tasks.config import PreprocessConfig
+from tasks.imaging.resampling import needs_resampling, resample_image, resample_instances, resample_labels
+from tasks.preprocess.case_store import write_case
 from tasks.preprocess.weight_map_cache import cached_weight_map
 
 
@@ -26,26 +28,63 @@ def load_case_arrays(dataset_dir: Path, case: dict) -> tuple[np.ndarray, np.ndar
     return image, label, instances
 
 
+@dataclass(frozen=True)
+class CaseGrid:
+    """A case's spacing and the plan's, over the plan's spatial axes; ``resample`` false: already on it."""
+
+    spacing: tuple[float, ...]
+    target: tuple[float, ...]
+    resample: bool
+
+    @classmethod
+    def of(cls, case: dict, shape: tuple[int, ...], plan: Plan) -> CaseGrid:
+        dims = plan.spatial_dims
+        spacing = tuple(float(s) for s in (case.get("spacing") or [1.0] * 3)[:dims])
+        if plan.target_spacing is None or len(case.get("spacing") or []) < 3:
+            return cls(spacing, spacing, False)
+        target = tuple(float(s) for s in plan.target_spacing[:dims])
+        return cls(spacing, target, needs_resampling(shape, spacing, target))
+
+    def distance_spacing(self, case: dict) -> list[float]:
+        """The 3-value spacing the weight map's distances use: the grid the map is computed on."""
+        full = [float(s) for s in (case.get("spacing") or [1.0] * 3)]
+        return [*self.target, *full[len(self.target):]]
+
+
 def preprocess_case(dataset_dir: Path, case: dict, plan: Plan, config: PreprocessConfig,
                     output_dir: Path, cache_dir: Path) -> dict[str, Any]:
-    """Write ``cases/<id>.npz`` holding image (C×…), label (1×…) and weight (1×…) arrays."""
+    """Write ``cases/<id>/``: image (C×…), label (1×…) and weight (1×…), on the plan's target spacing.
+
+    Normalised first, then resampled (nnU-Net v2's order); labels keep every class (one put back where it
+    would vanish is reported as ``restored_classes``), instance maps go by nearest neighbour, and the
+    weight map is computed on the resampled grid, with the target spacing where σ is in mm.
+    """
     dims = plan.spatial_dims
     image, label, instances = load_case_arrays(dataset_dir, case)
-    arrays = {
-        "image": to_channel_first(normalize(image, plan.normalization), dims),
-        "label": to_channel_first(label, dims),
-    }
+    arrays = {"image": to_channel_first(normalize(image, plan.normalization), dims),
+              "label": to_channel_first(label, dims)}
+    del image
+    grid = CaseGrid.of(case, arrays["label"].shape[1:], plan)
+    restored: list[int] = []
+    if grid.resample:
+        arrays["image"] = resample_image(arrays["image"], grid.spacing, grid.target)
+        arrays["label"], restored = resample_labels(arrays["label"], grid.spacing, grid.target)
+        if instances is not None:
+            instances = resample_instances(to_channel_first(instances, dims), grid.spacing, grid.target)
+            instances = instances[0] if dims == 3 else instances[0][..., None]
     cached = None
     if config.weight_maps:
         # The plan says which objects the border term separates; a case follows it, never its own guess.
         given = instances if plan.weight_map_objects == "instances" else None
+        label_xyz = arrays["label"][0] if dims == 3 else arrays["label"][0][..., None]
         key = case["sha256"]["label"] + (case["sha256"].get("instances", "") if given is not None else "")
-        weights, cached = cached_weight_map(given if given is not None else label, key, case["spacing"], config,
-                                            cache_dir, dims, labels_are_instances=given is not None,
-                                            classes=label if given is not None else None)
+        if grid.resample:  # a map of the resampled label: its grid is part of what it depends on
+            key += f"@{list(grid.target)}"
+        weights, cached = cached_weight_map(given if given is not None else label_xyz, key,
+                                            grid.distance_spacing(case), config, cache_dir, dims,
+                                            labels_are_instances=given is not None,
+                                            classes=label_xyz if given is not None else None)
         arrays["weight"] = to_channel_first(weights, dims)
-    target = output_dir / "cases" / f"{case['case_id']}.npz"
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-    return {"case_id": case["case_id"], "weight_map_cached": cached}
+    write_case(output_dir, case["case_id"], arrays)  # cases/<id>/*.npy + class locations, marker last
+    return {"case_id": case["case_id"], "weight_map_cached": cached, "resampled": grid.resample,
+            "shape": [int(v) for v in arrays["label"].shape[1:]], "restored_classes": [int(c) for c in restored]}

@@ -6,9 +6,12 @@ spacing per axis, except on anisotropic data: when the coarsest axis's median sp
 median would throw away most of the in-plane resolution of the finely sliced cases, so that axis takes the
 10th percentile of its spacings instead (never finer than the other axes' target).
 
-Recorded only, for now: the plan carries ``target_spacing`` and ``fingerprint``, but nothing resamples to
-that spacing yet (resampling is the next step of issue #15). Spacings are in mm and shapes in voxels, both
-in the dataset's (RAS) axis order, as ``dataset.json`` holds them.
+Preprocessing resamples every case to it (``tasks.imaging.resampling``) and inference resamples back. The
+median shape the patch is planned from is the one the cases will have *after* resampling
+(``median_shape_resampled``; nnU-Net's ``new_median_shape``), measured on each case's bounding box of
+non-zero voxels where the intensity pass found it (nnU-Net's shapes after cropping; cases are not cropped
+here, so the patch is only sized by it). Spacings are in mm and shapes in voxels, both in the dataset's
+(RAS) axis order, as ``dataset.json`` holds them.
 """
 
 from __future__ import annotations
@@ -41,6 +44,13 @@ def fingerprint(spacings: np.ndarray, shapes: np.ndarray) -> dict[str, Any]:
             "median_shape": [float(v) for v in np.median(shapes, axis=0)]}
 
 
+def median_resampled_shape(spacings: np.ndarray, shapes: np.ndarray, target: tuple[float, ...]) -> list[float]:
+    """The median case shape once resampled to ``target`` (each case: round(shape × spacing / target))."""
+    resampled = np.maximum(np.round(shapes * spacings / np.asarray(target, dtype=float)), 1)
+    resampled[shapes == 1] = 1  # a 2D image's single slice stays one slice
+    return [float(v) for v in np.median(resampled, axis=0)]
+
+
 def choose_target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> list[float]:
     """nnU-Net v2's target spacing: per-axis medians, the coarse axis of anisotropic data at its 10th percentile.
 
@@ -60,14 +70,28 @@ def choose_target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> list[floa
     return [float(v) for v in target]
 
 
-def plan_spacing(manifest: dict, override: tuple[float, ...] | None) -> tuple[tuple[float, ...] | None,
-                                                                              dict[str, Any] | None]:
-    """(target spacing, fingerprint) for the plan; ``preprocess.target_spacing`` replaces the chosen value."""
+def plan_spacing(manifest: dict, override: tuple[float, ...] | None,
+                 nonzero_shapes: dict[str, list[int]] | None = None) -> tuple[tuple[float, ...] | None,
+                                                                          dict[str, Any] | None]:
+    """(target spacing, fingerprint) for the plan; ``preprocess.target_spacing`` replaces the chosen value.
+
+    ``nonzero_shapes`` (case ID → non-zero bounding-box shape) replaces those cases' shapes in the median
+    shape the patch is planned from; the target spacing is chosen from the whole images, as nnU-Net does."""
     if override is not None and (len(override) != 3 or any(v <= 0 for v in override)):
         raise ValueError(f"preprocess.target_spacing {list(override)} must be three positive mm values (X, Y, Z)")
     found = case_spacings_and_shapes(manifest)
     if found is None:
         return (tuple(override) if override is not None else None), None
     spacings, shapes = found
-    chosen = tuple(override) if override is not None else tuple(choose_target_spacing(spacings, shapes))
-    return tuple(float(v) for v in chosen), fingerprint(spacings, shapes)
+    chosen = tuple(float(v) for v in (override if override is not None else choose_target_spacing(spacings, shapes)))
+    summary = fingerprint(spacings, shapes)
+    ids = [case["case_id"] for case in manifest["cases"]]
+    rows = [i for i, case_id in enumerate(ids) if case_id in (nonzero_shapes or {})]
+    if rows:  # the cases the intensity pass saw (training cases) stand for the dataset
+        assert nonzero_shapes is not None
+        cropped = np.array([[int(v) for v in nonzero_shapes[ids[i]][:3]] for i in rows])
+        summary["median_nonzero_shape"] = [float(v) for v in np.median(cropped, axis=0)]
+        summary["median_shape_resampled"] = median_resampled_shape(spacings[rows], cropped, chosen)
+    else:
+        summary["median_shape_resampled"] = median_resampled_shape(spacings, shapes, chosen)
+    return chosen, summary

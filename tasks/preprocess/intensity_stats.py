@@ -7,6 +7,7 @@ happens here, from training cases only, so validation and test intensities never
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,8 +81,21 @@ def normalization_from(stats: list[dict[str, float | None]], scheme: str,
     return Normalization(channels=tuple(channels))
 
 
-def case_intensity_sample(dataset_dir: Path, case: dict, max_samples: int) -> np.ndarray:
-    """One training case's foreground sample (a task of its own, so the flow maps it in parallel)."""
+def nonzero_shape(image: np.ndarray) -> list[int]:
+    """Shape of the bounding box of the voxels non-zero in any channel (nnU-Net crops cases to it); the
+    whole shape when nothing is zero-valued (CT) or everything is (an empty image is not cropped to nothing)."""
+    spatial = channels_last(image)
+    mask = np.any(spatial != 0, axis=-1)
+    if not mask.any():
+        return [int(v) for v in mask.shape]
+    return [int(np.ptp(np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0])) + 1
+            for axis in range(3)]
+
+
+def case_intensity_sample(dataset_dir: Path, case: dict, max_samples: int) -> dict[str, Any]:
+    """One training case's foreground sample (``values``, ``[n, C]``) and the shape of its non-zero region
+    (``nonzero_shape``, for the fingerprint); a task of its own, so the flow maps it in parallel."""
     image, label, _ = load_case_arrays(dataset_dir, case)
     seed = int(case["sha256"]["image"][:8], 16)  # reproducible, and different per case
-    return foreground_intensities(image, label, max_samples, seed)
+    return {"case_id": case["case_id"], "values": foreground_intensities(image, label, max_samples, seed),
+            "nonzero_shape": nonzero_shape(image)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,9 @@ def overlay_image(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) 
     return (rgb * 255).astype(np.uint8)
 
 
-def log_overlays(model: nn.Module, items: list[dict], plan: Plan, prefix: str = "overlays") -> None:
-    """One PNG per case (the middle slice in 3D) so predictions can be eyeballed in the UI."""
+def log_overlays(model: nn.Module, items: Iterable[dict], plan: Plan, prefix: str = "overlays") -> None:
+    """One PNG per case (the middle slice in 3D) so predictions can be eyeballed in the UI. ``items`` may
+    be a generator that opens each case on demand (``iter_cases``): only one case is held at a time."""
     import mlflow
 
     from tasks.inference.sliding_window import predict_labels

@@ -1,9 +1,12 @@
 """Training and validation data from the preprocessed cases, with MONAI transforms built from params.
 
-The deterministic part (reading ``cases/<id>.npz`` — normalised image, label, weight map — and
-padding it to the patch) is done once per case and held in memory (MONAI ``CacheDataset``, the
-``train.augment.loader_cache: memory`` default); only the random part — foreground-biased patch
-sampling, flips, rotations, scaling, elastic deformation, intensity jitter — runs per step, in
+Cases are folders of memory-mappable arrays (``tasks.preprocess.case_store``: normalised image, label,
+weight map, precomputed class locations). With ``train.augment.loader_cache: mmap`` (the default) the
+trainer hands over case records, never arrays: ``PatchDataset`` (``tasks.training.patch_sampler``) cuts
+each foreground-biased patch out of the memory maps, so memory does not grow with the number of cases.
+``loader_cache: memory`` keeps the former pipeline for small datasets: the deterministic part (reading and
+padding each case) is done once and held in memory (MONAI ``CacheDataset``). Either way the random part —
+patch sampling, flips, rotations, scaling, elastic deformation, intensity jitter — runs per step, in
 ``train.augment.loader_workers`` worker processes so a GPU is not left waiting on the CPU.
 
 Every spatial transform moves image, label and weight map with ONE random draw: image and weight
@@ -14,7 +17,7 @@ code builds the 2D and the 3D pipeline; only MONAI's elastic class differs by sp
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,8 @@ from monai_ext.transforms import RandUNetElasticd
 from monai_ext.transforms.elastic import StoreSpatialShaped
 from tasks.common.plan import Plan
 from tasks.config import AugmentConfig
+from tasks.preprocess.case_store import case_dir, open_case_dir
+from tasks.training.patch_sampler import PatchDataset
 from tasks.training.valid_padding import valid_padding_steps
 
 # How each key is resampled by spatial transforms: the label must stay in its label set.
@@ -53,29 +58,36 @@ ELASTIC_EXTENT_KEY = "elastic_extent"
 
 
 def load_cases(preprocessed_dir: Path, case_ids: list[str]) -> list[dict[str, np.ndarray]]:
-    """The preprocessed arrays of these cases, in memory (the trainer validates on whole images)."""
-    items = []
-    for case_id in case_ids:
-        with np.load(preprocessed_dir / "cases" / f"{case_id}.npz") as arrays:
-            item = {key: arrays[key] for key in arrays.files}
-        item["case_id"] = case_id
-        items.append(item)
-    return items
+    """The preprocessed arrays of these cases, all in memory (evaluation and small datasets only: training
+    and validation open one case at a time, see ``case_records`` and ``iter_cases``)."""
+    return [{**open_case_dir(case_dir(preprocessed_dir, case_id), mmap=False), "case_id": case_id}
+            for case_id in case_ids]
 
 
 def case_records(preprocessed_dir: Path, case_ids: list[str]) -> list[dict[str, Any]]:
-    """``{"case_id", "npz"}`` records: what a loader reads lazily (``LoadPreprocessedd``) instead of arrays."""
-    return [{"case_id": case_id, "npz": str(preprocessed_dir / "cases" / f"{case_id}.npz")} for case_id in case_ids]
+    """``{"case_id", "case_dir"}`` records: what the trainer hands the loader, validation and overlays
+    instead of arrays (each opens a case only while it needs it)."""
+    return [{"case_id": case_id, "case_dir": str(case_dir(preprocessed_dir, case_id))} for case_id in case_ids]
+
+
+def iter_cases(items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Items with their arrays, opened one at a time: validation and overlays hold a single case, never
+    the whole validation set. Read into memory (sliding windows read every voxel anyway, and torch wants
+    a writable array); items that already hold arrays pass through."""
+    for item in items:
+        if "image" in item:
+            yield item
+        else:
+            yield {**open_case_dir(Path(item["case_dir"]), mmap=False), "case_id": item["case_id"]}
 
 
 class LoadPreprocessedd(MapTransform):
-    """Read ``keys`` from the record's ``npz`` file; a record that already holds the arrays passes through.
+    """Read ``keys`` from the record's case folder; a record that already holds the arrays passes through.
 
-    Deterministic, so ``CacheDataset`` runs it once per case; without the cache every item re-reads
-    (and decompresses) its file, which is what the loader benchmark compares against.
+    Deterministic, so ``CacheDataset`` (``loader_cache: memory``) runs it once per case.
     """
 
-    def __init__(self, keys: Sequence[str], path_key: str = "npz") -> None:
+    def __init__(self, keys: Sequence[str], path_key: str = "case_dir") -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.path_key = path_key
 
@@ -83,9 +95,9 @@ class LoadPreprocessedd(MapTransform):
         d = dict(data)
         missing = [key for key in self.keys if key not in d]
         if missing and self.path_key in d:
-            with np.load(d[self.path_key]) as arrays:
-                for key in missing:
-                    d[key] = arrays[key]
+            arrays = open_case_dir(Path(d[self.path_key]), mmap=False)
+            for key in missing:
+                d[key] = arrays[key]
         return d
 
 
@@ -139,11 +151,12 @@ def elastic_transform(plan: Plan, config: AugmentConfig, keys: list[str]) -> Map
         return None
     if config.elastic == "paper":
         # The grid spans the whole image (its shape stored before the crop by ``elastic_context``), as in the
-        # paper, not the patch: nodes a patch apart would strain the patch image/patch times more. The plan
-        # carries no voxel spacing (cases keep their own, unresampled), so displacements are in voxels of
-        # every axis (spacing=None, isotropic); RandUNetElasticd scales them per axis once a spacing is known.
+        # paper, not the patch: nodes a patch apart would strain the patch image/patch times more. Cases are on
+        # the plan's target spacing, so sigma_px voxels of the finest axis are the same millimetres along a
+        # thick-slice axis (fewer of its voxels): a 5 mm slice is not bent as far as a 0.7 mm pixel.
+        spacing = None if plan.target_spacing is None else plan.target_spacing[:plan.spatial_dims]
         return RandUNetElasticd(keys, prob=config.elastic_prob, grid=config.grid, sigma_px=config.sigma_px,
-                                mode=modes, padding_mode="reflect", spacing=None, extent_key=ELASTIC_EXTENT_KEY)
+                                mode=modes, padding_mode="reflect", spacing=spacing, extent_key=ELASTIC_EXTENT_KEY)
     dims = plan.spatial_dims
     low, high = config.elastic_magnitude
     common: dict[str, Any] = {"keys": keys, "prob": config.elastic_prob, "mode": modes, "padding_mode": "reflection"}
@@ -203,12 +216,17 @@ def augmentation_transforms(plan: Plan, config: AugmentConfig, keys: list[str]) 
     return steps
 
 
+def _crop_size(plan: Plan, config: AugmentConfig) -> list[int]:
+    """The box cut before augmentation: the patch plus the deformation margin on each side."""
+    patch = list(plan.patch_size)
+    return [size + 2 * margin for size, margin in zip(patch, _deformation_margin(config, patch), strict=True)]
+
+
 def training_transforms(plan: Plan, augment: AugmentConfig | bool = True) -> Compose:
     """Load → pad (deterministic, cacheable) → foreground-biased crop → augmentation → tensors."""
     config = _as_config(augment)
     keys = data_keys(plan)
-    patch = list(plan.patch_size)
-    crop = [size + 2 * margin for size, margin in zip(patch, _deformation_margin(config, patch), strict=True)]
+    crop = _crop_size(plan, config)
     steps: list[Any] = [
         LoadPreprocessedd(keys),
         *elastic_context(config, keys),  # the image's own shape, before any padding: what the paper's grid spans
@@ -230,17 +248,31 @@ def validation_transforms(plan: Plan) -> Compose:
     return Compose([LoadPreprocessedd(keys), EnsureTyped(keys, track_meta=False)])
 
 
-def training_dataset(items: list[dict[str, Any]], plan: Plan,
-                     augment: AugmentConfig | bool = True) -> Dataset:
-    """Items holding arrays (``load_cases``) or ``npz`` paths (``case_records``); with
-    ``loader_cache: memory`` the deterministic prefix of the transforms is computed once per case."""
+def patch_dataset(records: list[dict[str, Any]], plan: Plan, augment: AugmentConfig | bool = True,
+                  foreground_fraction: float | None = None) -> PatchDataset:
+    """``loader_cache: mmap``: patches cut from the memory-mapped cases of ``records`` (``case_records``),
+    then the same augmentation as the in-memory pipeline."""
     config = _as_config(augment)
     keys = data_keys(plan)
-    data = [{key: item[key] for key in (*keys, "npz") if key in item} for item in items]
-    transform = training_transforms(plan, config)
-    if config.loader_cache == "memory":
-        return CacheDataset(data, transform=transform, progress=False, num_workers=1)
-    return Dataset(data, transform=transform)
+    # tensors in, as the in-memory pipeline hands its crops to the same augmentation
+    transform = Compose([EnsureTyped(keys, track_meta=False), *augmentation_transforms(plan, config, keys),
+                         EnsureTyped(keys, track_meta=False)])
+    extent = ELASTIC_EXTENT_KEY if elastic_context(config, keys) else None
+    options = {} if foreground_fraction is None else {"foreground_fraction": foreground_fraction}
+    return PatchDataset(records, keys, _crop_size(plan, config), transform, plan.valid_margin, extent, **options)
+
+
+def training_dataset(items: list[dict[str, Any]], plan: Plan,
+                     augment: AugmentConfig | bool = True) -> Dataset | PatchDataset:
+    """Records (``case_records``) with ``loader_cache: mmap``: a ``PatchDataset`` over the memory maps.
+    Otherwise (``memory``, or items already holding arrays, e.g. ``load_cases``) the in-memory pipeline,
+    whose deterministic prefix ``CacheDataset`` computes once per case."""
+    config = _as_config(augment)
+    keys = data_keys(plan)
+    if config.loader_cache == "mmap" and all("image" not in item for item in items):
+        return patch_dataset(items, plan, config)
+    data = [{key: item[key] for key in (*keys, "case_dir") if key in item} for item in items]
+    return CacheDataset(data, transform=training_transforms(plan, config), progress=False, num_workers=1)
 
 
 def training_loader(items: list[dict], plan: Plan, batch_size: int,

@@ -36,7 +36,7 @@ from tasks.tracking.artifacts import log_learning_curve, log_overlays, tracking_
 from tasks.tracking.model_package import load_checkpoint, log_and_register, save_checkpoint
 from tasks.training.batch_norm import recalibrate_batch_norm
 from tasks.training.checkpoint import rng_state, seed_everything, set_rng_state
-from tasks.training.data_loader import load_cases, training_loader
+from tasks.training.data_loader import case_records, iter_cases, training_loader
 from tasks.training.distributed import DistributedContext
 from tasks.training.epochs import run_epoch, validate
 from tasks.training.measures import count_parameters, peak_memory_mb
@@ -87,7 +87,7 @@ def read_plan(preprocessed: Path, params: Params) -> Plan:
     preprocess ran is refused (``dvc repro`` or ``unetflow preprocess`` re-plans), not patched over."""
     plan = Plan.read(preprocessed / PLAN_FILE)
     wanted = network_spec(params.model)
-    if plan.network != wanted:
+    if not plan.network.same_model(wanted):
         changed = [key for key in ("name", "features", "norm", "options")
                    if getattr(plan.network, key) != getattr(wanted, key)]
         raise PlanMismatch(f"params.yaml's model ({', '.join(f'model.{k}' for k in changed)}) differs from the "
@@ -146,6 +146,8 @@ class Trainer:
         self.params, self.config, self.root, self.plan, self.ctx = params, params.train, root, plan, ctx
         self.output_dir = output_dir
         self.checkpoint_path = output_dir / "checkpoint.pt"
+        # The plan's batch (fitted to train.memory_budget_gb); train.batch_size, when set, is what it planned.
+        self.batch_size = self.config.batch_size or plan.batch_size or 2
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
         self.device = ctx.device(resolve_device(self.config.device, "train.device"))
@@ -193,14 +195,16 @@ class Trainer:
         return True
 
     def prepare_loop(self) -> None:
-        """Wrap the network (DDP, ``torch.compile``) and load the cases. After ``resume_from``: DDP
-        broadcasts rank 0's weights when wrapping, and the loader must start from the restored RNG."""
+        """Wrap the network (DDP, ``torch.compile``) and build the loader. After ``resume_from``: DDP
+        broadcasts rank 0's weights when wrapping, and the loader must start from the restored RNG.
+        Train and val items are case records (folders), not arrays: the loader, validation and overlays
+        open a case only while they use it, so memory does not grow with the dataset."""
         wrapped = self.ctx.wrap(self.model, self.device)
         self.forward = torch.compile(wrapped) if self.config.compile and self.device.type == "cuda" else wrapped
         preprocessed = self.root / self.params.preprocess.output_dir
-        train_items = self.train_items = self.ctx.shard(load_cases(preprocessed, self.plan.split.train))
-        self.val_items = load_cases(preprocessed, self.plan.split.val) if self.ctx.is_main else []
-        self.loader = training_loader(train_items, self.plan, self.config.batch_size, self.config.augment)
+        train_items = self.train_items = self.ctx.shard(case_records(preprocessed, self.plan.split.train))
+        self.val_items = case_records(preprocessed, self.plan.split.val) if self.ctx.is_main else []
+        self.loader = training_loader(train_items, self.plan, self.batch_size, self.config.augment)
 
     def log_new_run(self, params_file: Path | None, extra_tags: dict[str, str] | None) -> None:
         """What a new run records once (a resumed run has it already): params, tags, the plan, and the
@@ -215,7 +219,11 @@ class Trainer:
         mlflow.log_params({"plan.num_classes": self.plan.num_classes,
                            "plan.label_names": json.dumps(dict(sorted(self.plan.label_names.items(),
                                                                       key=lambda item: item[1]))),
-                           "plan.weight_map_objects": str(self.plan.weight_map_objects)})
+                           "plan.weight_map_objects": str(self.plan.weight_map_objects),
+                           # what the plan fitted to the data and the memory budget, as this run trains it
+                           "plan.target_spacing": json.dumps(self.plan.target_spacing),
+                           "plan.patch_size": json.dumps(list(self.plan.patch_size)), "batch_size": self.batch_size,
+                           "plan.strides": json.dumps(self.plan.network.strides)})
         mlflow.log_dict(self.plan.to_json(), PLAN_FILE)
         if params_file is not None:  # a missing file means all defaults, as load_params reads it
             text = params_file.read_text(encoding="utf-8") if params_file.exists() else ""
@@ -258,8 +266,8 @@ class Trainer:
     def _validate(self, epoch: int) -> dict[str, float]:
         """Validation Dice per class and mean; a better mean keeps a CPU copy of these weights (with batch-norm
         statistics recomputed for exactly these weights first: see tasks/training/batch_norm.py)."""
-        recalibrate_batch_norm(self.model, self.train_items, self.plan.patch_size, self.device, self.config.batch_size)
-        metrics = validate(self.model, self.val_items, self.plan, self.device)
+        recalibrate_batch_norm(self.model, self.train_items, self.plan.patch_size, self.device, self.batch_size)
+        metrics = validate(self.model, iter_cases(self.val_items), self.plan, self.device)  # one case at a time
         if metrics["val_dice"] > self.best.dice:
             state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             self.best = BestWeights(metrics["val_dice"], epoch, state)
@@ -272,7 +280,8 @@ class Trainer:
         mlflow.log_metrics(metrics, step=epoch)
         self.history.append({"epoch": epoch, **metrics})
         if self.config.overlay_every and (epoch + 1) % self.config.overlay_every == 0:
-            log_overlays(self.model, self.val_items[:4], self.plan, prefix=f"overlays/epoch_{epoch + 1:03d}")
+            log_overlays(self.model, iter_cases(self.val_items[:4]), self.plan,
+                         prefix=f"overlays/epoch_{epoch + 1:03d}")
         log.info("epoch %d/%d loss %.4f val Dice %s", epoch + 1, self.config.epochs, metrics["train_loss"],
                  f"{metrics['val_dice']:.4f}" if "val_dice" in metrics else "-")
 
@@ -296,7 +305,7 @@ class Trainer:
         memory = peak_memory_mb(self.device)
         mlflow.log_metrics({"best_val_dice": self.best.dice, "best_epoch": self.best.epoch, "peak_memory_mb": memory})
         log_learning_curve(self.history)
-        log_overlays(final, self.val_items[:4], self.plan)
+        log_overlays(final, iter_cases(self.val_items[:4]), self.plan)
         model_uri, version = log_and_register(final, self.plan, self.output_dir,
                                               self.params.tracking.model_name if register else None)
         return TrainResult(

@@ -57,15 +57,14 @@ def voxels(path: Path) -> np.ndarray:
 def preprocess(root: Path, params: Params):  # noqa: ANN201 (the Plan; imported late like the flow does)
     """What ``flows/preprocess.py`` does, as the plain functions it maps; returns the plan."""
     from tasks.preprocess.cases import preprocess_case
-    from tasks.preprocess.intensity_stats import case_intensity_sample, intensity_statistics
-    from tasks.preprocess.planning import make_plan, plan_split, training_cases, write_plan
+    from tasks.preprocess.intensity_stats import case_intensity_sample
+    from tasks.preprocess.planning import plan_from_samples, plan_split, training_cases, write_plan
 
     dataset = root / params.data.dataset_dir
     manifest = json.loads((dataset / "dataset.json").read_text())
     split = plan_split(manifest, params.data)
-    stats = intensity_statistics([case_intensity_sample(dataset, case, 1000) for case in training_cases(manifest,
-                                                                                                          split)])
-    plan = make_plan(manifest, params.data, params.preprocess, params.model, params.train, stats, split)
+    plan = plan_from_samples(manifest, params, split, [case_intensity_sample(dataset, case, 1000)
+                                                      for case in training_cases(manifest, split)])
     output, cache = root / params.preprocess.output_dir, root / params.preprocess.weight_map_cache
     for case in manifest["cases"]:
         preprocess_case(dataset, case, plan, params.preprocess, output, cache)

@@ -18,8 +18,8 @@ from tasks.common.hashing import sha256_file
 from tasks.config import Params, validate_params
 from tasks.ingest.synthetic import SyntheticSpec, cell_image
 from tasks.preprocess.cases import preprocess_case
-from tasks.preprocess.intensity_stats import case_intensity_sample, intensity_statistics
-from tasks.preprocess.planning import make_plan, plan_split, training_cases, write_plan
+from tasks.preprocess.intensity_stats import case_intensity_sample
+from tasks.preprocess.planning import plan_from_samples, plan_split, training_cases, write_plan
 
 TINY = SyntheticSpec(n_train=5, n_test=0, size=32, cells=(3, 5), radius=(4.0, 7.0), noise=0.1, seed=3)
 
@@ -55,8 +55,7 @@ def preprocess(root: Path, params: Params) -> tuple[dict, list[dict]]:
     split = plan_split(manifest, params.data)
     samples = [case_intensity_sample(dataset, case, params.preprocess.intensity_samples)
                for case in training_cases(manifest, split)]
-    plan = make_plan(manifest, params.data, params.preprocess, params.model, params.train,
-                     intensity_statistics(samples), split)
+    plan = plan_from_samples(manifest, params, split, samples)
     output = root / params.preprocess.output_dir
     cache = root / params.preprocess.weight_map_cache
     results = [preprocess_case(dataset, case, plan, params.preprocess, output, cache) for case in manifest["cases"]]

@@ -99,3 +99,16 @@ def test_an_old_plan_without_the_fields_still_loads(tmp_path: Path):
     (tmp_path / "plan.json").write_text(json.dumps(old))
     plan = Plan.read(tmp_path / "plan.json")
     assert plan.target_spacing is None and plan.fingerprint is None
+
+
+def test_a_version_1_plan_is_not_resampled(tmp_path: Path):
+    """Version 1 recorded a target spacing without resampling the cases: its models must see native grids."""
+    old = {"version": 1, "spatial_dims": 3, "in_channels": 1, "num_classes": 2,
+           "label_names": {"background": 0, "organ": 1}, "normalization": {"channels": [{"scheme": "zscore"}]},
+           "patch_size": [32, 32, 16], "target_spacing": [0.7, 0.7, 3.0],
+           "split": {"train": ["a"], "val": ["b"], "test": []},
+           "network": {"name": "unet", "features": [16, 32], "norm": "batch", "options": {}}}
+    (tmp_path / "plan.json").write_text(json.dumps(old))
+    assert Plan.read(tmp_path / "plan.json").target_spacing is None
+    (tmp_path / "plan.json").write_text(json.dumps({**old, "version": 2}))
+    assert Plan.read(tmp_path / "plan.json").target_spacing == (0.7, 0.7, 3.0)

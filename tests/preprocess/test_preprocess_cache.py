@@ -6,13 +6,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from tasks.preprocess.case_store import open_case
 from tests.preprocess.conftest import TINY, make_params, preprocess, write_case, write_manifest
 
 
 def weights(root, plan) -> dict[str, np.ndarray]:
-    cases = root / "outputs" / "preprocessed" / "cases"
     ids = plan.split.train + plan.split.val + plan.split.test
-    return {case_id: np.load(cases / f"{case_id}.npz")["weight"] for case_id in ids}
+    return {case_id: open_case(root / "outputs" / "preprocessed", case_id, mmap=False)["weight"] for case_id in ids}
 
 
 def computed(results) -> set[str]:

@@ -24,6 +24,7 @@ from tasks.training.data_loader import (
     training_transforms,
     validation_transforms,
 )
+from tasks.training.patch_sampler import PatchDataset
 from tests.preprocess.conftest import preprocess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,7 +152,7 @@ def test_loader_batches_carry_weight_maps_aligned_with_labels_and_feed_weighted_
     items = load_cases(root / params.preprocess.output_dir, plan.split.train)
     torch.manual_seed(0)
     loader = training_loader(items, plan, 2, params.train.augment)  # what the trainer calls
-    assert isinstance(loader.dataset, CacheDataset)  # deterministic part cached (loader_cache: memory)
+    assert isinstance(loader.dataset, CacheDataset)  # items holding arrays: the in-memory pipeline
     batches = list(loader)
     assert batches
     for batch in batches:
@@ -173,11 +174,13 @@ def test_loader_batches_carry_weight_maps_aligned_with_labels_and_feed_weighted_
         build_loss("wce")(logits, target, None)
 
 
-def test_uncached_loader_reads_npz_files_and_workers_run_the_random_part(preprocessed):
+def test_mmap_loader_reads_case_files_and_workers_run_the_random_part(preprocessed):
     root, params, plan = preprocessed
     records = case_records(root / params.preprocess.output_dir, plan.split.train)
-    uncached = AugmentConfig(loader_cache="none", loader_workers=1)
-    assert not isinstance(training_dataset(records, plan, uncached), CacheDataset)
+    uncached = AugmentConfig(loader_cache="mmap", loader_workers=1)
+    assert params.train.augment.loader_cache == "mmap"  # the default
+    assert isinstance(training_dataset(records, plan, uncached), PatchDataset)
+    assert isinstance(training_dataset(records, plan, AugmentConfig(loader_cache="memory")), CacheDataset)
     loader = training_loader(records, plan, 2, uncached)
     assert loader.num_workers == 1
     batch = next(iter(loader))

@@ -1,0 +1,74 @@
+"""Predicting on the plan's grid and answering on the input's: resample in, windows, probabilities back.
+
+The network was trained on cases resampled to the plan's ``target_spacing``, so an input is resampled to it
+too (third order, as preprocessing did); the blended class probabilities (and a CGM network's presence
+map) are resampled back to the input's own grid — its exact shape — *before* the argmax, as nnU-Net does,
+so the mask lies on the input's voxels and no class boundary is blocky from a nearest-neighbour label
+resize. An input already on the plan's grid (or a plan from before resampling) skips both steps: nothing
+is interpolated.
+
+Validation during training scores the preprocessed (resampled) cases; evaluation and ``unetflow infer``
+come through here, so test metrics are measured on the native grid, on what a user receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from nibabel.orientations import io_orientation
+from torch import nn
+
+from tasks.common.plan import Plan
+from tasks.imaging.resampling import needs_resampling, resample_image, resample_probabilities
+from tasks.inference.sliding_window import WindowedPrediction, WindowSettings, predict_windows
+
+
+def model_space_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along each axis of the closest-RAS reordering (what ingest's spacing records)."""
+    zooms = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+    spacing = [0.0, 0.0, 0.0]
+    for axis, (target, _flip) in enumerate(io_orientation(affine)):
+        spacing[int(target)] = float(zooms[axis])
+    return spacing[0], spacing[1], spacing[2]
+
+
+def plan_target(plan: Plan, spacing: Sequence[float] | None, shape: Sequence[int]) -> tuple[float, ...] | None:
+    """The plan's spacing over the image's spatial axes when the image must be resampled to it, else None."""
+    if plan.target_spacing is None or spacing is None:
+        return None
+    dims = len(shape)
+    native = tuple(float(s) for s in spacing[:dims])
+    target = tuple(float(s) for s in plan.target_spacing[:dims])
+    return target if needs_resampling(tuple(shape), native, target) else None
+
+
+def predict_on_native_grid(model: nn.Module, plan: Plan, image: np.ndarray, spacing: Sequence[float] | None,
+                           settings: WindowSettings, device: torch.device | str,
+                           with_class: bool = True) -> WindowedPrediction:
+    """Windowed prediction of a normalised ``C×…`` image of voxel size ``spacing`` (mm, per spatial axis),
+    returned on the image's own grid (see the module docstring)."""
+    native_shape = tuple(int(s) for s in image.shape[1:])
+    target = plan_target(plan, spacing, native_shape)
+    if target is None:
+        return predict_windows(model, image, settings, device, with_class=with_class)
+    assert spacing is not None
+    native = tuple(float(s) for s in spacing[:len(native_shape)])
+    prediction = predict_windows(model, resample_image(image, native, target), settings, device, with_class=with_class)
+
+    def back(volume: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(resample_probabilities(volume.float().cpu().numpy(), target, native, native_shape))
+
+    return WindowedPrediction(probabilities=back(prediction.probabilities),
+                              presence=None if prediction.presence is None else back(prediction.presence),
+                              window_probabilities=prediction.window_probabilities)
+
+
+def predict_native_labels(model: nn.Module, plan: Plan, image: np.ndarray, spacing: Sequence[float] | None,
+                          overlap: float = 0.25, device: torch.device | str = "cpu") -> np.ndarray:
+    """The argmax label map on the image's own grid, through the windows batch inference uses (no TTA, no
+    CGM gate): what evaluation scores, so test metrics are those of ``unetflow infer``'s masks."""
+    settings = WindowSettings(roi_size=tuple(plan.patch_size), overlap=overlap, amp=False, stitch_device="cpu")
+    prediction = predict_on_native_grid(model, plan, image, spacing, settings, device, with_class=False)
+    return prediction.probabilities.argmax(0).to(torch.uint8).numpy()
