@@ -47,6 +47,10 @@ def preprocess_flow(root: str = ".", params_file: str | None = "params.yaml",
         if result["restored_classes"]:
             print(f"preprocess: {result['case_id']}: class(es) {result['restored_classes']} would have vanished "
                   f"when resampled to {list(plan.target_spacing or [])} mm; kept at their strongest voxel")
+    if plan.memory and plan.memory["method"].startswith("estimated") and plan.memory["gb_at_batch_size"] > 2:
+        print(f"preprocess: the patch and batch are planned for a GPU with {plan.memory['budget_gb']} GB "
+              f"(train.memory_budget_gb); training them on this machine's CPU is slow. For a CPU run, plan "
+              f"for less: --set train.memory_budget_gb=1 (or a smaller train.patch_size)")
     cached = sum(bool(r["weight_map_cached"]) for r in results)
     computed = sum(r["weight_map_cached"] is False for r in results)
     print(f"preprocess: {len(results)} cases, plan {plan.spatial_dims}D at {plan.target_spacing} mm, patch "
