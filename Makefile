@@ -56,8 +56,9 @@ mlflow-ui: setup
 
 # A local Prefect server on 127.0.0.1:$(PREFECT_PORT) + the deployments of prefect.yaml + a process
 # worker, in the foreground (`unetflow serve`, tasks/serving/). Stop it with Ctrl-C or `make serve-stop`
-# (`unetflow serve-stop`) from another shell: the worker stops before the server, schedules stay active.
-# PIDs and logs: outputs/serve/.
+# (`unetflow serve-stop`) from another shell: the worker stops before the server, then any process they
+# left (orphaned flow runs), schedules stay active. A dead worker is restarted; runs without a live
+# process are marked Crashed (slots freed). After a crash: `make serve-stop && make serve`. PIDs and logs: outputs/serve/.
 PREFECT_PORT ?= 4200
 serve: setup
 	$(BIN)/unetflow serve --root $(CURDIR) --port $(PREFECT_PORT)

@@ -102,14 +102,18 @@ def infer(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), se
           cgm_threshold: Annotated[float | None, typer.Option(
               help="CGM post-filter: 'foreground present' probability below which it is dropped.")] = None,
           runner: Annotated[str | None, typer.Option(help="threads or dask (infer.runner).")] = None,
-          workers: Annotated[int | None, typer.Option(help="Cases segmented at once.")] = None) -> None:
+          workers: Annotated[int | None, typer.Option(help="Cases segmented at once.")] = None,
+          trust_pickled_model: Annotated[bool, typer.Option(
+              "--trust-pickled-model", help="Also load an older model version saved as a pickled PyTorch module "
+              "(unpickling runs its code: only for a registry whose writers you trust).")] = False) -> None:
     """Segment a folder of new studies."""
     from flows.infer import infer_flow
 
     flags = {"device": device, "mirror_tta": tta, "cgm_threshold": cgm_threshold, "runner": runner,
              "workers": workers}
     overrides = [*(set or []), *(f"infer.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
-    _show(infer_flow(**_checked(root, params, overrides), model=model, input=input, output=output))
+    _show(infer_flow(**_checked(root, params, overrides), model=model, input=input, output=output,
+                     trust_pickled_model=trust_pickled_model))
 
 
 @app.command()
@@ -159,6 +163,7 @@ def serve(root: RootOpt = Path("."),
     """Prefect server on loopback + the deployments of prefect.yaml + a process worker, in the foreground.
 
     Stop with Ctrl-C or `unetflow serve-stop`: the worker stops before the server; schedules stay active.
+    A dead worker is restarted; runs left without a live process are marked Crashed (slots freed).
 
     PIDs and logs: outputs/serve/ under --root."""
     from tasks.serving import serve as serve_deployments
@@ -168,7 +173,8 @@ def serve(root: RootOpt = Path("."),
 
 @app.command()
 def serve_stop(root: RootOpt = Path(".")) -> None:
-    """Stop a running `unetflow serve` (worker first, then server), or what a killed one left running."""
+    """Stop a running `unetflow serve` (worker first, then server) and every process it left, orphaned
+    flow runs included, or what a killed one left running; says what it stopped."""
     from tasks.serving import stop
 
     _serving(lambda: stop(root))

@@ -1,4 +1,4 @@
-"""compare: a variant bake-off on the preprocessed data, one parent MLflow run with nested runs."""
+"""compare: a variant bake-off on the preprocessed data, one parent MLflow run (table and chart) with nested runs."""
 
 from __future__ import annotations
 
@@ -17,5 +17,6 @@ def compare_flow(variants: list[str], root: str = ".", params_file: str | None =
     root_path, params = project(root, params_file, overrides)
     rows = compare_task(params, root_path, variants,
                         params_file=None if params_file is None else root_path / params_file)
-    print("compare:\n" + format_table(rows))
+    print("compare:\n" + format_table(rows) + f"\nchart: {root_path / 'outputs' / 'compare' / 'comparison.png'} "
+          "(also comparison.png in the parent MLflow run)")
     return rows

@@ -1,4 +1,9 @@
-"""evaluate: test-set metrics of the trained model, logged into its MLflow run."""
+"""evaluate: test-set metrics of a model, logged into its MLflow run.
+
+Without ``version`` it scores the champion's files (``outputs/model`` → ``outputs/metrics``: the DVC
+``evaluate`` stage); with one, candidate version N in ``outputs/candidates/vN`` (→ ``vN/metrics``), which is
+how ``train`` and ``retrain`` score a candidate before deciding whether it may replace the champion.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,21 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import project
 from tasks.evaluation.evaluate import evaluate_model
+from tasks.tracking.published import version_dir
 
 evaluate_task = task(evaluate_model, name="evaluate-model", cache_policy=NO_CACHE)
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(root: str = ".", params_file: str | None = "params.yaml",
-                  overrides: list[str] | None = None) -> dict:
+                  overrides: list[str] | None = None, version: str | None = None) -> dict:
     root_path, params = project(root, params_file, overrides)
-    result = evaluate_task(params, root_path)
-    print(f"evaluate: test Dice {result.test_dice:.4f}, IoU {result.test_iou:.4f} over {len(result.cases)} cases")
+    if version is None:
+        result = evaluate_task(params, root_path)
+    else:
+        folder = version_dir(params, root_path, version)
+        result = evaluate_task(params, root_path, model_dir=folder, metrics_dir=folder / "metrics")
+    print(f"evaluate: {'champion' if version is None else f'version {version}'}: test Dice {result.test_dice:.4f}, "
+          f"IoU {result.test_iou:.4f} over {len(result.cases)} cases")
     return {"run_id": result.run_id, "test_dice": result.test_dice, "test_iou": result.test_iou,
-            "cases": len(result.cases)}
+            "cases": len(result.cases), "version": version}

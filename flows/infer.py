@@ -16,6 +16,7 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import project, task_runner_for
+from flows.reports import report_infer
 from tasks.inference import batch
 from tasks.inference.batch import CaseOutcome
 from tasks.inference.segment import InferSettings
@@ -44,7 +45,8 @@ def segment_cases_flow(input_dir: str, output_dir: str, model_ref: str, settings
 
 @flow(name="infer", log_prints=True)
 def infer_flow(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None,
-               model: str | None = None, input: str | None = None, output: str | None = None) -> dict:
+               model: str | None = None, input: str | None = None, output: str | None = None,
+               trust_pickled_model: bool = False) -> dict:
     root_path, params = project(root, params_file, overrides)
     configure_tracking(params.tracking, root_path)
     config = params.infer
@@ -53,9 +55,13 @@ def infer_flow(root: str = ".", params_file: str | None = "params.yaml", overrid
     output_dir = root_path / (output or config.output_dir)
     settings = InferSettings.from_config(config, params.data, input_root=input_dir)
     device = settings.torch_device()
-    network, plan = load_model(model_uri, map_location=device)
+    # an older registry version (a pickled module) only with --trust-pickled-model: unpickling runs its code
+    network, plan = load_model(model_uri, map_location=device, trust_pickled=trust_pickled_model)
     identity = batch.model_identity(network)
-    settings = InferSettings(**{**asdict(settings), "model_id": identity})
+    model_name, model_version = batch.model_provenance(model_uri)  # the version an alias points at now
+    settings = InferSettings(**{**asdict(settings), "model_id": identity, "model_name": model_name,
+                                "model_version": model_version, "model_uri": model_uri})
+    started_at = batch.utc_now()
     if config.runner == "threads":
         batch.register_model(model_uri, device, network, plan)
         model_ref = model_uri
@@ -67,17 +73,20 @@ def infer_flow(root: str = ".", params_file: str | None = "params.yaml", overrid
         task_runner=task_runner_for(config.runner, config.workers, config.dask_address))(
         input_dir=str(input_dir), output_dir=str(output_dir), model_ref=model_ref, settings=settings,
         salt=params.data.dicom_id_salt)
-    summary_path = batch.write_summary(output_dir, outcomes)
+    summary_path = batch.write_summary(output_dir, outcomes, settings, started_at)
     counts = batch.count(outcomes)
     for failed in counts.failed_cases:
         log.error("failed %s: %s", failed["case_id"], failed["error"])
     no_seg = f", {counts.seg_not_written} without a DICOM SEG (see summary)" if counts.seg_not_written else ""
     print(f"infer: {counts.done} segmented, {counts.skipped} already done, {counts.failed} failed, "
           f"{counts.ignored} ignored{no_seg} → {output_dir} (summary {summary_path.name})")
+    result = {"model": model_uri, "model_id": identity, "model_name": model_name, "model_version": model_version,
+              "output": str(output_dir), "done": counts.done,
+              "skipped": counts.skipped, "failed": counts.failed, "ignored": counts.ignored,
+              "seg_not_written": counts.seg_not_written,
+              "failed_cases": counts.failed_cases, "summary": str(summary_path)}
+    report_infer(result, outcomes)  # before a BatchFailed too: that run's page most needs the reasons
     cases = counts.done + counts.skipped + counts.failed
     if cases and counts.failed == cases:
         raise BatchFailed(f"all {counts.failed} cases failed; first: {counts.failed_cases[0]['error']}")
-    return {"model": model_uri, "model_id": identity, "output": str(output_dir), "done": counts.done,
-            "skipped": counts.skipped, "failed": counts.failed, "ignored": counts.ignored,
-            "seg_not_written": counts.seg_not_written,
-            "failed_cases": counts.failed_cases, "summary": str(summary_path)}
+    return result

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import project
+from flows.reports import report_ingest
 from tasks.ingest.batch import finish_ingest, plan_ingest, summary_table
 from tasks.ingest.case import ingest_case
 
@@ -47,6 +48,7 @@ def ingest_flow(root: str = ".", params_file: str | None = "params.yaml", overri
                "warnings": sum(len(r.warnings) for r in results if r.accepted),
                "written": sum(r.written for r in results), "unchanged": sum(r.unchanged for r in results),
                "ignored": len(plan.ignored), "dataset": str(output)}
+    report_ingest(summary, results)  # before NothingAccepted too: the rejections are the story then
     if manifest["num_cases"] == 0 or (strict and rejected):
         raise NothingAccepted(f"ingest: {len(rejected)} cases rejected, {manifest['num_cases']} accepted; "
                               f"see {data.dataset_dir}/rejected.json")

@@ -100,3 +100,11 @@ def test_a_cgm_weight_that_contradicts_the_model_is_refused_naming_both_keys(pay
     with pytest.raises(ConfigError) as error:
         validate_params(payload)
     assert "model.options.cgm" in str(error.value) and "train.loss_options.cgm_weight" in str(error.value)
+
+
+def test_loader_cache_none_from_older_params_files_reads_patches_from_the_files():
+    from tasks.config import validate_params
+
+    assert validate_params({"train": {"augment": {"loader_cache": "none"}}}).train.augment.loader_cache == "mmap"
+    with pytest.raises(ConfigError, match="loader_cache"):
+        validate_params({"train": {"augment": {"loader_cache": "disk"}}})

@@ -179,7 +179,7 @@ class AugmentConfig(Section):
     U-Net paper's own (``paper``: a coarse ``grid``³ of Gaussian displacements with std ``sigma_px``).
     ``loader_workers`` processes run the random part; ``loader_cache`` says where cases live: ``mmap``
     = patches read from memory-mapped case files (memory independent of the number of cases), ``memory``
-    = every case held in memory (MONAI CacheDataset; small datasets only).
+    = every case held in memory (MONAI CacheDataset; small datasets only); the older ``none`` reads as ``mmap``.
     ``train.augment: false`` is still accepted and means ``enabled: false``.
     """
 
@@ -206,6 +206,13 @@ class AugmentConfig(Section):
     @classmethod
     def _bool_means_enabled(cls, data: Any) -> Any:
         return {"enabled": data} if isinstance(data, bool) else data
+
+    @field_validator("loader_cache", mode="before")
+    @classmethod
+    def _none_was_reading_files(cls, value: Any) -> Any:
+        """``none`` (before memory-mapped cases: re-read each file per sample) now means reading patches from
+        the files, which is what ``mmap`` does; older params files keep working."""
+        return "mmap" if value == "none" else value
 
     @field_validator("elastic_magnitude")
     @classmethod
@@ -301,3 +308,7 @@ class TrackingConfig(Section):
     experiment: str = "unetflow"
     model_name: str = "unetflow-segmenter"
     system_metrics: bool = True
+    # Test Dice a model needs before it may become champion, the first one included: "no champion yet" must not
+    # crown a model that learned nothing (Dice 0). 0.5 is far below any model worth serving (the demo reaches
+    # > 0.9) yet above what an untrained or collapsed network scores; raise it to your task's bar.
+    min_test_score: float = Field(0.5, ge=0.0, le=1.0)

@@ -2,7 +2,10 @@
 
 Which depth or variant of the U-Net family is best depends on the dataset (the UNet++ paper's
 point); this answers it on the user's own data. Each variant is a nested MLflow run under one
-parent run, so the MLflow UI shows them side by side with the same metric names.
+parent run, so the MLflow UI shows them side by side with the same metric names; the parent run keeps
+the table (``comparison.json``/``.md``) and a bar chart of test Dice and seconds per epoch
+(``comparison.png``). Every run is named ``compare-<variant>-<dims>-<data>-<time>-<hex>``
+(tasks/tracking/run_names.py), so repeated bake-offs do not repeat names.
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from tasks.common.atomic import write_json, write_text
+from tasks.common.atomic import atomic_path, write_json, write_text
 from tasks.common.devices import resolve_device
 from tasks.common.plan import PLAN_FILE, Plan
 from tasks.config import Params
 from tasks.evaluation.evaluate import score_cases, summarize, test_cases
 from tasks.preprocess.planning import variant_network
+from tasks.tracking.artifacts import log_comparison_chart
 from tasks.tracking.model_package import load_model
+from tasks.tracking.run_names import column_tags, run_name
 from tasks.training.trainer import train_model
 
 COLUMNS = ("variant", "test_dice", "test_iou", "best_val_dice", "parameters", "seconds_per_epoch", "peak_memory_mb")
@@ -54,29 +59,35 @@ def compare_variants(params: Params, root: Path, variants: list[str], params_fil
     device = resolve_device(params.train.device, "train.device")
     base_plan = Plan.read(root / params.preprocess.output_dir / PLAN_FILE)  # one preprocessing for every variant
     rows = []
-    with mlflow.start_run(run_name=f"compare {','.join(variants)}") as parent:
-        mlflow.set_tag("unetflow.stage", "compare")
+    with mlflow.start_run(run_name=run_name(params, base_plan, root, "compare", variant="+".join(variants))) as parent:
+        mlflow.set_tags({**column_tags(params, base_plan, root), "unetflow.model": ",".join(variants),
+                         "unetflow.stage": "compare"})
         mlflow.log_params({"variants": ",".join(variants), "train.epochs": params.train.epochs,
                            "train.seed": params.train.seed})
         for variant, candidate in zip(variants, candidates, strict=True):
             output_dir = root / "outputs" / "compare" / variant
-            result = train_model(candidate, root, output_dir=output_dir, register=False, run_name=variant,
-                                 nested=True, extra_tags={"unetflow.parent": parent.info.run_id},
-                                 plan=base_plan.with_network(variant_network(base_plan, candidate.model)),
+            plan = base_plan.with_network(variant_network(base_plan, candidate.model))
+            result = train_model(candidate, root, output_dir=output_dir, register=False, nested=True,
+                                 run_name=run_name(candidate, plan, root, "compare"),
+                                 extra_tags={"unetflow.parent": parent.info.run_id}, plan=plan,
                                  params_file=params_file)
             model, plan = load_model(result.checkpoint)
             dataset = root / params.data.dataset_dir
             test_dice, test_iou = summarize(score_cases(model.to(device), plan, dataset, test_cases(dataset, plan),
                                                         params.infer.overlap, device))
             with mlflow.start_run(run_id=result.run_id, nested=True):
-                mlflow.log_metrics({"test_dice": test_dice, "test_iou": test_iou})
+                mlflow.log_metrics({"test_dice": test_dice, "test_iou": test_iou,  # the chart's two axes
+                                    "seconds_per_epoch": result.seconds_per_epoch})
             rows.append({"variant": variant, "test_dice": test_dice, "test_iou": test_iou,
                          "best_val_dice": result.best_val_dice, "parameters": result.parameters,
                          "seconds_per_epoch": result.seconds_per_epoch, "peak_memory_mb": result.peak_memory_mb,
                          "run_id": result.run_id})
         mlflow.log_table({c: [r[c] for r in rows] for c in (*COLUMNS, "run_id")}, "comparison.json")
         mlflow.log_text(format_table(rows), "comparison.md")
+        chart = log_comparison_chart(rows, "comparison.png")
     out = root / "outputs" / "compare"
+    with atomic_path(out / "comparison.png") as tmp:
+        chart.savefig(tmp, format="png")
     write_json(out / "comparison.json", rows)
     buffer = io.StringIO(format_table(rows))
     write_text(out / "comparison.md", buffer.getvalue() + "\n")

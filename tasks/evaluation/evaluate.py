@@ -126,21 +126,26 @@ def summarize(rows: list[dict]) -> tuple[float, float]:
     return float(np.mean([r["dice"] for r in rows])), float(np.mean([r["iou"] for r in rows]))
 
 
-def evaluate_model(params: Params, root: Path) -> EvaluationResult:
+def evaluate_model(params: Params, root: Path, model_dir: Path | None = None,
+                   metrics_dir: Path | None = None) -> EvaluationResult:
+    """Score ``model_dir``'s ``model.pt`` (default: the champion's, ``train.output_dir``) on the test split into
+    ``metrics_dir`` (default ``outputs/metrics``) and into the model's training run. A candidate version is
+    scored into its own folder (``outputs/candidates/vN/metrics``), never over the champion's metrics."""
     import mlflow
 
     from tasks.tracking.store import configure_tracking
 
     configure_tracking(params.tracking, root)
-    train_info = json.loads((root / params.train.output_dir / "train.json").read_text(encoding="utf-8"))
-    model, plan = load_model(str(root / params.train.output_dir / "model.pt"))
+    model_dir = model_dir or root / params.train.output_dir
+    train_info = json.loads((model_dir / "train.json").read_text(encoding="utf-8"))
+    model, plan = load_model(str(model_dir / "model.pt"))
     device = resolve_device(params.train.device, "train.device")
     dataset = root / params.data.dataset_dir
     cases = test_cases(dataset, plan)
     rows = score_cases(model.to(device), plan, dataset, cases, params.infer.overlap, device)
     test_dice, test_iou = summarize(rows)
     levels = score_unetpp_levels(model, plan, dataset, cases, params.infer.overlap, device)
-    metrics_dir = root / "outputs" / "metrics"
+    metrics_dir = metrics_dir or root / "outputs" / "metrics"
     write_json(metrics_dir / "test.json", {"test_dice": test_dice, "test_iou": test_iou, "cases": len(rows),
                                            **({"unetpp_levels": {r["mode"]: {k: v for k, v in r.items() if k != "mode"}
                                                                  for r in levels}} if levels else {})})

@@ -14,10 +14,13 @@ last as always, marks the case done — a rerun would only fail the same way. No
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,8 @@ from tasks.inference.unetpp_modes import model_for_mode
 
 log = logging.getLogger("unetflow.infer")
 
+# Provenance: recorded in every report, left out of the key (the weights' hash ``model_id`` decides staleness).
+PROVENANCE = ("model_name", "model_version", "model_uri")
 REPORT_VERSION = 3  # bump when an unchanged input would now give a different output (2: CGM cgm_probability,
 #                    3: the plan's target spacing and back)
 
@@ -66,6 +71,9 @@ class InferSettings:
     max_voxels: int = 1_000_000_000
     model_id: str = ""
     input_root: str = ""
+    model_name: str = ""  # the registered model, "" for a run or a checkpoint (provenance, not in key())
+    model_version: str = ""  # its registry version, resolved from the alias when the batch started
+    model_uri: str = ""  # what the operator asked for: models:/name@alias, runs:/…, a checkpoint path
 
     @classmethod
     def from_config(cls, infer: InferConfig, data: DataConfig, model_id: str = "",
@@ -87,7 +95,8 @@ class InferSettings:
         for path in case.files:
             stat = path.stat()
             files.append([path.name, stat.st_size, stat.st_mtime_ns])
-        relevant = {k: v for k, v in asdict(self).items() if k not in ("device", "stitch_device", "input_root")}
+        excluded = ("device", "stitch_device", "input_root", *PROVENANCE)
+        relevant = {k: v for k, v in asdict(self).items() if k not in excluded}
         if self.prune_level is None and self.unetpp_heads == "last":  # defaults: reports from before stay valid
             del relevant["prune_level"], relevant["unetpp_heads"]
         return json_digest({"version": REPORT_VERSION, "settings": relevant, "files": files}, 24)
@@ -182,7 +191,7 @@ def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path
     names = _class_names(plan)
     report = {
         "case_id": case.case_id, "source": case.shown, "kind": case.kind, "key": settings.key(case),
-        "model_id": settings.model_id, "outputs": outputs, "shape": list(study.out_shape),
+        "model_id": settings.model_id, **provenance(settings), "outputs": outputs, "shape": list(study.out_shape),
         "voxel_ml": voxel_ml, "foreground_voxels": int(counts[1:].sum()),
         "class_volumes_ml": {names.get(c, str(c)): round(float(counts[c]) * voxel_ml, 6)
                              for c in range(1, plan.num_classes)},
@@ -217,6 +226,26 @@ def _write_seg(path: Path, labels: np.ndarray, study: LoadedStudy, plan: Plan, s
         path.unlink(missing_ok=True)  # an earlier run's SEG would contradict this mask
         log.warning("%s (%s): mask written, DICOM SEG not written: %s", case.case_id, case.shown, error)
         return str(error)
+
+
+@functools.cache
+def unetflow_version() -> str:
+    """The installed package's version: which code made an output is part of its audit trail."""
+    try:
+        return importlib.metadata.version("unetflow")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def provenance(settings: InferSettings) -> dict[str, Any]:
+    """What an audit asks of an output: which model (name, version, URI, weights hash), which code, when (UTC)."""
+    return {"model": {"name": settings.model_name, "version": settings.model_version, "uri": settings.model_uri,
+                      "id": settings.model_id},
+            "unetflow_version": unetflow_version(), "created_at": utc_now()}
 
 
 def _class_names(plan: Plan) -> dict[int, str]:

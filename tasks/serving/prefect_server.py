@@ -5,7 +5,10 @@ processes rather than its Python API: the server and the worker are long-running
 be stopped on their own, and ``prefect deploy --all`` is exactly what an operator would run by hand
 against a server elsewhere (see ``prefect.yaml``). Every child gets the same environment: this
 environment's ``bin`` first on ``PATH``, ``PREFECT_API_URL`` of the local server, ``UNETFLOW_ROOT`` (where
-the deployments' pull step starts each flow run) and telemetry off.
+the deployments' pull step starts each flow run), telemetry off, and the mark of its role
+(``processes.MARK_VAR``) by which ``serve-stop`` finds it and whatever it started. The worker's
+environment also sets Prefect's flow-run heartbeat to its minimum, 30 s (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``,
+copied into each flow run), so that the zombie-run automation of ``recovery`` notices a dead run soon.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tasks.serving.processes import MARK_VAR, mark
+from tasks.serving.recovery import HEARTBEAT_SECONDS
+
 TELEMETRY_OFF = {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
                  "MLFLOW_DISABLE_TELEMETRY": "true"}
 
@@ -26,8 +32,9 @@ class ServeError(RuntimeError):
     """The server, the deployments or the worker could not be brought up."""
 
 
-def child_env(root: Path, api_url: str) -> dict[str, str]:
-    """The environment of every child: ours, telemetry off, this venv first, the local API, the project."""
+def child_env(root: Path, api_url: str, role: str) -> dict[str, str]:
+    """The environment of the ``role`` child (server, worker): ours, telemetry off, this venv first,
+    the local API, the project, the mark; flow-run heartbeats every 30 s for the worker."""
     env = dict(os.environ)
     env.update(TELEMETRY_OFF)
     bin_dir = str(Path(sys.executable).parent)
@@ -36,6 +43,9 @@ def child_env(root: Path, api_url: str) -> dict[str, str]:
     env["UNETFLOW_ROOT"] = str(root)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("PYTHONUTF8", "1")
+    env[MARK_VAR] = mark(root, role)
+    if role == "worker":
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_SECONDS)
     return env
 
 
@@ -100,8 +110,8 @@ def deploy_all(root: Path, env: dict[str, str], log_file: Path) -> None:
 
 
 def start_worker(root: Path, pool: str, env: dict[str, str], log_file: Path) -> subprocess.Popen:
-    """A process worker on ``pool`` in a session of its own, its output in ``log_file``."""
+    """A process worker on ``pool`` in a session of its own, its output appended to ``log_file``."""
     args = ["worker", "start", "--pool", pool, "--type", "process", "--name", f"unetflow-{socket.gethostname()}"]
-    with log_file.open("w", encoding="utf-8") as out:
+    with log_file.open("a", encoding="utf-8") as out:
         return subprocess.Popen(prefect_cli() + args, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)

@@ -1,5 +1,5 @@
 """Registry aliases: training moves ``candidate`` to each new version; ``champion`` moves only to a
-model that beats the current one on the test set.
+model that reaches ``tracking.min_test_score`` and beats the current one on the test set.
 
 Reading the champion must not fail open: an unreachable or damaged store is an error, never "no
 champion yet", or a store outage would promote whatever model was trained last.
@@ -28,10 +28,14 @@ class PromotionDecision:
     previous_champion: str | None = None
 
 
-def decide_promotion(candidate_dice: float, champion_dice: float | None) -> tuple[bool, str]:
-    """Pure rule, testable on its own: strictly better test Dice on the same test set wins."""
+def decide_promotion(candidate_dice: float, champion_dice: float | None,
+                     min_score: float = 0.0) -> tuple[bool, str]:
+    """Pure rule, testable on its own: at least ``min_score`` (``tracking.min_test_score``, the first model
+    included), then strictly better test Dice on the same test set than the champion's."""
+    if not candidate_dice >= min_score:  # NaN (no test case scored) fails too
+        return False, f"test Dice {candidate_dice:.4f} is below tracking.min_test_score {min_score:.4f}"
     if champion_dice is None:
-        return True, "no champion yet"
+        return True, f"no champion yet (test Dice {candidate_dice:.4f} ≥ tracking.min_test_score {min_score:.4f})"
     if candidate_dice > champion_dice:
         return True, f"test Dice {candidate_dice:.4f} beats champion's {champion_dice:.4f}"
     return False, f"test Dice {candidate_dice:.4f} does not beat champion's {champion_dice:.4f}"
@@ -73,21 +77,29 @@ def _unreadable(model_name: str, error: Exception) -> TrackingError:
                          f"MLflow registry {mlflow.get_registry_uri()}, so nothing was promoted: {error}")
 
 
-def promote_if_better(model_name: str, version: str, run_id: str, candidate_dice: float) -> PromotionDecision:
-    """Move ``champion`` to ``version`` if it beats the champion; tag the run and version with the decision.
+def promote_if_better(model_name: str, version: str, run_id: str, candidate_dice: float,
+                      min_score: float = 0.0) -> PromotionDecision:
+    """Move ``champion`` to ``version`` if it reaches ``min_score`` and beats the champion; record the decision.
 
-    Raises ``TrackingError`` (and changes nothing) when the champion cannot be read.
+    The run gets the tags ``unetflow.promoted`` / ``unetflow.promotion_reason``; the version the tags
+    ``promoted``, ``promotion_reason`` and ``test_dice`` and a description saying the same, so the registry
+    page alone tells why a version is (not) the champion. Raises ``TrackingError`` (and changes nothing)
+    when the champion cannot be read.
     """
     from mlflow import MlflowClient
 
     client = MlflowClient()
     champion, champion_dice = read_champion(client, model_name)
-    promoted, reason = decide_promotion(candidate_dice, champion_dice)
-    if champion is not None and champion_dice is None:  # say so, rather than "no champion yet"
+    promoted, reason = decide_promotion(candidate_dice, champion_dice, min_score)
+    if champion is not None and champion_dice is None and candidate_dice >= min_score:  # not "no champion yet"
         reason = f"champion version {champion.version} has no test Dice to compare with"
     if promoted:
         client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     client.set_tag(run_id, "unetflow.promoted", str(promoted).lower())
     client.set_tag(run_id, "unetflow.promotion_reason", reason)
-    client.set_model_version_tag(model_name, version, "promoted", str(promoted).lower())
+    for key, value in (("promoted", str(promoted).lower()), ("promotion_reason", reason),
+                       ("test_dice", f"{candidate_dice:.4f}")):
+        client.set_model_version_tag(model_name, version, key, value)
+    client.update_model_version(model_name, version, description=(
+        f"test Dice {candidate_dice:.4f}; {'promoted to champion' if promoted else 'not promoted'}: {reason}"))
     return PromotionDecision(promoted, version, reason, None if champion is None else champion.version)

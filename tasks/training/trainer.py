@@ -34,8 +34,11 @@ from tasks.config import Params
 from tasks.preprocess.planning import network_spec
 from tasks.tracking.artifacts import log_learning_curve, log_overlays, tracking_tags
 from tasks.tracking.model_package import load_checkpoint, log_and_register, save_checkpoint
+from tasks.tracking.run_names import column_tags
+from tasks.tracking.run_names import run_name as new_run_name
+from tasks.training import resume as resuming
 from tasks.training.batch_norm import recalibrate_batch_norm
-from tasks.training.checkpoint import rng_state, seed_everything, set_rng_state
+from tasks.training.checkpoint import loader_rng_state, rng_state, seed_everything, set_loader_rng_state, set_rng_state
 from tasks.training.data_loader import case_records, iter_cases, training_loader
 from tasks.training.distributed import DistributedContext
 from tasks.training.epochs import run_epoch, validate
@@ -116,17 +119,24 @@ def train_model(params: Params, root: Path, resume: bool = False, *, output_dir:
     if ctx.is_main:
         configure_tracking(params.tracking, root)  # fails here, before any training, if misconfigured
     trainer = Trainer(params, root, plan, ctx, output_dir or root / params.train.output_dir)
-    if resume:
-        trainer.resume_from(trainer.checkpoint_path)
+    if resume and trainer.resume_from(trainer.checkpoint_path) and ctx.is_main:
+        resuming.check_version_updatable(params.tracking.model_name, trainer.run_id)
     trainer.prepare_loop()
+    if getattr(trainer, "resumed_rng", None) is not None and not ctx.enabled:  # see Trainer.resume_from
+        set_rng_state(trainer.resumed_rng[0])
+        if trainer.resumed_rng[1] is not None:
+            set_loader_rng_state(trainer.loader.dataset, trainer.resumed_rng[1])
     if not ctx.is_main:
         trainer.fit(run_id=None)
         ctx.stop()
         return None
-    with mlflow.start_run(run_id=trainer.run_id, run_name=run_name, nested=nested,
+    with mlflow.start_run(run_id=trainer.run_id, nested=nested,  # a resumed run keeps its name
+                          run_name=None if trainer.run_id else run_name or new_run_name(params, plan, root),
                           log_system_metrics=params.tracking.system_metrics) as run:
         if trainer.run_id is None:
             trainer.log_new_run(params_file, extra_tags)
+        else:
+            resuming.log_resumed_epochs(trainer.planned_epochs, params.train.epochs)
         trainer.fit(run_id=run.info.run_id)
         result = trainer.finish(register)
     write_json(trainer.output_dir / "train.json", {k: v for k, v in asdict(result).items() if k != "history"})
@@ -178,19 +188,33 @@ class Trainer:
         return model
 
     def resume_from(self, checkpoint: Path) -> bool:
-        """Continue where ``checkpoint`` stopped, in its MLflow run; without one, warn and start afresh."""
+        """Continue where ``checkpoint`` stopped, in its MLflow run; without one, warn and start afresh.
+
+        Changed training settings are refused (``ResumeRefused``, naming them); a changed ``train.epochs``
+        rebuilds the schedule for the new total at the epoch reached (see tasks/training/resume.py).
+        """
         if not checkpoint.exists():
             log.warning("--resume: no checkpoint at %s, starting a new run", checkpoint)
             return False
         state = load_checkpoint(checkpoint, self.device)
+        current = resuming.training_params(self.params, self.batch_size)
+        self.planned_epochs = resuming.check_resumable(state, current, self.config.epochs, checkpoint)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if not self.ctx.enabled:  # the checkpoint holds rank 0's RNG only; DDP ranks keep their own seeds
             set_rng_state(state["rng"])
         self.start_epoch, self.run_id, self.history = state["epoch"] + 1, state["run_id"], state["history"]
+        if self.planned_epochs == self.config.epochs:
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            self.scheduler = resuming.extend_schedule(self.optimizer, self.config, self.start_epoch)
+            log.warning("--resume: train.epochs %d → %d: the schedule continues as one planned for %d epochs "
+                        "(LR %.3g at epoch %d)", self.planned_epochs, self.config.epochs, self.config.epochs,
+                        self.optimizer.param_groups[0]["lr"], self.start_epoch + 1)
         self.best = BestWeights(state["best_dice"], state["best_epoch"], state["best_model"])
+        # restored again once prepare_loop built the loader: MONAI's DataLoader re-seeds torch's RNG when built
+        self.resumed_rng = (state["rng"], state.get("loader_rng"))
         log.info("resuming MLflow run %s at epoch %d of %d", self.run_id, self.start_epoch + 1, self.config.epochs)
         return True
 
@@ -207,12 +231,16 @@ class Trainer:
         self.loader = training_loader(train_items, self.plan, self.batch_size, self.config.augment)
 
     def log_new_run(self, params_file: Path | None, extra_tags: dict[str, str] | None) -> None:
-        """What a new run records once (a resumed run has it already): params, tags, the plan, and the
-        parameters both as the file the user wrote (``params.yaml``) and as validated (with overrides)."""
+        """What a new run records once (a resumed run has it already): params, tags (``unetflow.*`` ones short
+        enough to be columns in the runs list), the plan, and the parameters both as the file the user wrote
+        (``params.yaml``) and as validated (with overrides)."""
         import mlflow
 
         mlflow.log_params(self.params.flat())
-        mlflow.set_tags({**tracking_tags(self.params, self.root), **(extra_tags or {})})
+        mlflow.set_tags({**tracking_tags(self.params, self.root), **column_tags(self.params, self.plan, self.root),
+                         **(extra_tags or {})})
+        # MLflow 3 opens an experiment of unknown kind as GenAI; these are model-training runs.
+        mlflow.set_experiment_tag("mlflow.experimentKind", "custom_model_development")
         mlflow.log_params({"model.parameters": count_parameters(self.model), "device": str(self.device),
                            "world_size": self.ctx.world_size})
         # The classes as resolved (data.label_names may say only "auto"): what the outputs of this model mean.
@@ -292,11 +320,15 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "epoch": epoch, "run_id": self.run_id, "history": self.history, "plan": self.plan.to_json(),
             "best_dice": self.best.dice, "best_model": self.best.state, "best_epoch": self.best.epoch,
+            # what resume_from checks a resume against (JSON: loads with weights_only)
+            "params": json.dumps(resuming.training_params(self.params, self.batch_size)),
+            "epochs": self.config.epochs, "loader_rng": loader_rng_state(getattr(self.loader, "dataset", None)),
         })
 
     def finish(self, register: bool) -> TrainResult:
         """Rank 0, inside the MLflow run: the best weights as ``model.pt`` and as the run's MLflow model
-        (registered as ``candidate`` if ``register``), summary metrics, learning curve and overlays."""
+        (registered as ``candidate`` if ``register``), summary metrics, learning curve and overlays. A run
+        that already registered a version (a resumed one) updates that version instead of adding one."""
         import mlflow
 
         run_id = mlflow.active_run().info.run_id
@@ -306,8 +338,13 @@ class Trainer:
         mlflow.log_metrics({"best_val_dice": self.best.dice, "best_epoch": self.best.epoch, "peak_memory_mb": memory})
         log_learning_curve(self.history)
         log_overlays(final, iter_cases(self.val_items[:4]), self.plan)
-        model_uri, version = log_and_register(final, self.plan, self.output_dir,
-                                              self.params.tracking.model_name if register else None)
+        existing = resuming.registered_version(self.params.tracking.model_name, run_id) if register else None
+        if existing is None:  # one version per run: a resumed run updates the one it registered
+            model_uri, version = log_and_register(final, self.plan, self.output_dir,
+                                                  self.params.tracking.model_name if register else None)
+        else:
+            model_uri, version = resuming.update_registered_weights(existing, final, self.plan, self.output_dir), \
+                str(existing.version)
         return TrainResult(
             run_id=run_id, model_uri=model_uri, registered_version=version, best_val_dice=self.best.dice,
             best_epoch=self.best.epoch, epochs_run=len(self.history), stopped_early=self.stopped_early,

@@ -60,6 +60,7 @@ def _results(folder: Path) -> dict[str, tuple[bytes, dict]]:
     for report in sorted(folder.glob("case*.json")):
         payload = json.loads(report.read_text())
         payload.pop("timings")
+        payload.pop("created_at")  # when each run wrote it: the audit trail, not the result
         payload["outputs"] = {k: Path(v).name for k, v in payload["outputs"].items()}
         mask = np.asanyarray(nib.load(str(folder / f"{payload['case_id']}.nii.gz")).dataobj)
         out[payload["case_id"]] = (mask.tobytes(), payload)

@@ -79,3 +79,26 @@ def test_make_mlflow_ui_serves_the_project_store(tmp_path: Path) -> None:
     finally:
         stop_process_group(ui)
     assert not port_open(port)
+
+
+def readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"\n### {title}\n" in text, f"README has no '### {title}' subsection"
+    return text.split(f"\n### {title}\n", 1)[1].split("\n#", 1)[0]
+
+
+def test_readme_says_where_to_click_with_the_labels_of_the_installed_mlflow_ui() -> None:
+    """The walkthrough names buttons by their text; each must be a label the bundled UI really shows,
+    so an MLflow upgrade that renames one fails here instead of misleading the reader."""
+    import mlflow
+
+    section = readme_section("Comparing runs in the MLflow UI")
+    build = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    bundle = "".join(path.read_text(encoding="utf-8", errors="replace") for path in build.glob("*.js"))
+    for label in ("GenAI", "Model training", "Columns", "Chart view", "Table view", "Compare", "Artifacts",
+                  "Models"):
+        assert f"**{label}" in section or f"| {label}**" in section, label
+        assert f'defaultMessage:"{label}"' in bundle, f"MLflow {mlflow.__version__}'s UI has no label {label!r}"
+    for name in ("unetflow.model", "unetflow.dims", "unetflow.data_version", "unetflow.epochs", "best_val_dice",
+                 "test_dice", "comparison.png", "champion", "make mlflow-ui"):
+        assert name in section, name

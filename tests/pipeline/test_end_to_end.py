@@ -50,7 +50,9 @@ def test_demo_then_dvc(project: Path, tmp_path: Path) -> None:
     assert client.get_model_version_by_alias("unetflow-segmenter", "candidate").version == version.version
 
     # The registered model loads by alias and predicts on a size it was never logged with.
-    model = mlflow.pytorch.load_model("models:/unetflow-segmenter@champion").eval()
+    from tasks.tracking.model_package import load_model
+
+    model, _ = load_model("models:/unetflow-segmenter@champion")  # weights + plan, nothing unpickled
     with torch.no_grad():
         logits = model(torch.randn(1, 1, 40, 56))
     assert logits.shape == (1, 2, 40, 56)
