@@ -61,11 +61,13 @@ def demo_flow(root: str = ".", params_file: str | None = "params.yaml", override
         # Record what the flows just produced as the DVC stages' outputs (no recomputation).
         run_dvc(root_path, "commit", "-f", "-q")
     test_dice = result["evaluate"]["test_dice"]
-    print(f"\nTest Dice: {test_dice:.4f} over {result['evaluate']['cases']} held-out labelled cases")
+    object_f1 = result["evaluate"].get("test_object_f1")  # the synthetic cells come with instance maps
+    objects = "" if object_f1 is None else f", object F1@0.5: {object_f1:.4f}"
+    print(f"\nTest Dice: {test_dice:.4f}{objects} over {result['evaluate']['cases']} held-out labelled cases")
     print(f"Masks of {inferred['done'] + inferred['skipped']} new images: {inferred['output']}")
     print(f"Model: {model_uri} (version {result['version']}, "
           f"{'champion' if result['promoted'] else 'not promoted: ' + result['reason']})")
     print(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri(params.tracking, root_path)} "
           f"--host 127.0.0.1 --port 5000")
-    return {"test_dice": test_dice, "model_uri": model_uri, "predictions": inferred["output"],
+    return {"test_dice": test_dice, "object_f1": object_f1, "model_uri": model_uri, "predictions": inferred["output"],
             "dvc": versioned, "version": result["version"], "promoted": result["promoted"]}

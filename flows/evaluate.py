@@ -26,7 +26,10 @@ def evaluate_flow(root: str = ".", params_file: str | None = "params.yaml",
     else:
         folder = version_dir(params, root_path, version)
         result = evaluate_task(params, root_path, model_dir=folder, metrics_dir=folder / "metrics")
+    objects = (f", object F1@0.5 {result.objects['test_object_f1']:.4f}, PQ {result.objects['test_pq']:.4f}"
+               if result.objects else "")
     print(f"evaluate: {'champion' if version is None else f'version {version}'}: test Dice {result.test_dice:.4f}, "
-          f"IoU {result.test_iou:.4f} over {len(result.cases)} cases")
+          f"IoU {result.test_iou:.4f}{objects} over {len(result.cases)} cases")
+    # the object scores (test_object_f1, test_aji, test_pq, ...) only when the test cases have instance maps
     return {"run_id": result.run_id, "test_dice": result.test_dice, "test_iou": result.test_iou,
-            "cases": len(result.cases), "version": version}
+            "cases": len(result.cases), "version": version, **result.objects}

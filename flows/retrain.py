@@ -1,8 +1,9 @@
 """retrain: the scheduled chain — ingest → preprocess → train → evaluate → promote.
 
-The candidate is trained and scored in ``outputs/candidates/vN``; only a promotion (test Dice at least
-``tracking.min_test_score`` and above the champion's) copies it into ``outputs/model`` and
-``outputs/metrics``, so a losing retrain leaves the champion's files, and DVC's record of them, as they were.
+The candidate is trained and scored in ``outputs/candidates/vN``; only a promotion (its ``tracking.promote_on``
+score, test Dice by default, at least ``tracking.min_test_score`` and above the champion's) copies it into
+``outputs/model`` and ``outputs/metrics``, so a losing retrain leaves the champion's files, and DVC's record
+of them, as they were.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from flows.ingest import ingest_flow
 from flows.preprocess import preprocess_flow
 from flows.reports import report_retrain
 from flows.train import train_flow
-from tasks.tracking.published import promote_candidate
+from tasks.tracking.published import promote_candidate, promotion_score
 from tasks.tracking.store import configure_tracking
 
 
@@ -31,7 +32,7 @@ def retrain_flow(root: str = ".", params_file: str | None = "params.yaml",
     trained = train_flow(**stage_args, nproc=nproc, promote=False)
     evaluated = evaluate_flow(**stage_args, version=trained["registered_version"])
     decision = promote_candidate(params, root_path, trained["registered_version"], trained["run_id"],
-                                 evaluated["test_dice"])
+                                 promotion_score(params, evaluated))  # tracking.promote_on's value
     print(f"retrain: version {decision.version} {'promoted to champion' if decision.promoted else 'not promoted'}"
           f" ({decision.reason})")
     result = {"ingest": ingest, "preprocess": preprocess, "train": trained, "evaluate": evaluated,

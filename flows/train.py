@@ -15,7 +15,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import project
-from tasks.tracking.published import keep_version, promote_candidate, training_dir
+from tasks.tracking.published import keep_version, promote_candidate, promotion_score, training_dir
 from tasks.training.distributed import launch
 from tasks.training.trainer import train_model
 
@@ -47,7 +47,8 @@ def train_flow(root: str = ".", params_file: str | None = "params.yaml", overrid
         from flows.evaluate import evaluate_flow
 
         evaluated = evaluate_flow(root=root, params_file=params_file, overrides=overrides, version=version)
-        decision = promote_candidate(params, root_path, version, result["run_id"], evaluated["test_dice"])
+        decision = promote_candidate(params, root_path, version, result["run_id"],
+                                     promotion_score(params, evaluated))  # tracking.promote_on's value
         print(f"train: version {version} {'promoted to champion' if decision.promoted else 'not promoted'}"
               f" ({decision.reason})")
         result |= {"test_dice": evaluated["test_dice"], "promoted": decision.promoted, "reason": decision.reason}

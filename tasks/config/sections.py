@@ -277,6 +277,9 @@ class InferConfig(Section):
     local processes, or the cluster at ``dask_address``; needs the ``dask`` extra).
     A UNet++ trained with deep supervision runs pruned to ``prune_level`` or averages its heads
     (``unetpp_heads: mean``); see :mod:`tasks.config.deep_supervision`.
+    ``instances`` also writes ``<case>_instances.nii.gz``, one id per object (:mod:`tasks.inference.instances`):
+    ``components`` (connected components) or ``watershed`` (touching objects split); ``none``, the default,
+    writes nothing more and keeps earlier reports valid.
     """
 
     input_dir: str = "data/imagesTs"
@@ -298,6 +301,7 @@ class InferConfig(Section):
     dask_address: str | None = None
     prune_level: int | None = Field(None, ge=1)
     unetpp_heads: Literal["last", "mean"] = "last"
+    instances: Literal["none", "components", "watershed"] = "none"
 
 
 class TrackingConfig(Section):
@@ -312,3 +316,7 @@ class TrackingConfig(Section):
     # crown a model that learned nothing (Dice 0). 0.5 is far below any model worth serving (the demo reaches
     # > 0.9) yet above what an untrained or collapsed network scores; raise it to your task's bar.
     min_test_score: float = Field(0.5, ge=0.0, le=1.0)
+    # The test score promotion compares (and min_test_score applies to): mean test Dice, or for touching objects
+    # the object F1 at IoU 0.5 or the panoptic quality (tasks/evaluation/object_metrics.py). The object scores
+    # need instance maps in the test cases; without them no candidate is promoted and the reason says why.
+    promote_on: Literal["test_dice", "object_f1", "pq"] = "test_dice"

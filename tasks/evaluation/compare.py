@@ -5,7 +5,9 @@ point); this answers it on the user's own data. Each variant is a nested MLflow 
 parent run, so the MLflow UI shows them side by side with the same metric names; the parent run keeps
 the table (``comparison.json``/``.md``) and a bar chart of test Dice and seconds per epoch
 (``comparison.png``). Every run is named ``compare-<variant>-<dims>-<data>-<time>-<hex>``
-(tasks/tracking/run_names.py), so repeated bake-offs do not repeat names.
+(tasks/tracking/run_names.py), so repeated bake-offs do not repeat names. When the test cases have instance
+maps, the table also has each variant's object F1 at IoU 0.5 and panoptic quality (``object_f1``, ``pq``):
+which variant keeps touching objects apart is often the question the Dice column cannot answer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tasks.common.atomic import atomic_path, write_json, write_text
 from tasks.common.devices import resolve_device
 from tasks.common.plan import PLAN_FILE, Plan
 from tasks.config import Params
-from tasks.evaluation.evaluate import score_cases, summarize, test_cases
+from tasks.evaluation.evaluate import object_metrics_for_mlflow, score_cases, summarize, summarize_objects, test_cases
 from tasks.preprocess.planning import variant_network
 from tasks.tracking.artifacts import log_comparison_chart
 from tasks.tracking.model_package import load_model
@@ -25,6 +27,14 @@ from tasks.tracking.run_names import column_tags, run_name
 from tasks.training.trainer import train_model
 
 COLUMNS = ("variant", "test_dice", "test_iou", "best_val_dice", "parameters", "seconds_per_epoch", "peak_memory_mb")
+OBJECT_COLUMNS = ("object_f1", "pq")  # only when every variant was scored on instance maps
+
+
+def table_columns(rows: list[dict]) -> tuple[str, ...]:
+    """``COLUMNS``, with the object columns after the test scores when every row has them."""
+    if rows and all(c in row for row in rows for c in OBJECT_COLUMNS):
+        return (*COLUMNS[:3], *OBJECT_COLUMNS, *COLUMNS[3:])
+    return COLUMNS
 
 
 def variant_params(params: Params, variant: str) -> Params:
@@ -38,9 +48,10 @@ def variant_params(params: Params, variant: str) -> Params:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [" | ".join(COLUMNS), " | ".join("---" for _ in COLUMNS)]
+    columns = table_columns(rows)
+    lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
     for row in rows:
-        lines.append(" | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS))
+        lines.append(" | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
     return "\n".join(lines)
 
 
@@ -73,16 +84,20 @@ def compare_variants(params: Params, root: Path, variants: list[str], params_fil
                                  params_file=params_file)
             model, plan = load_model(result.checkpoint)
             dataset = root / params.data.dataset_dir
-            test_dice, test_iou = summarize(score_cases(model.to(device), plan, dataset, test_cases(dataset, plan),
-                                                        params.infer.overlap, device))
+            scored = score_cases(model.to(device), plan, dataset, test_cases(dataset, plan), params.infer.overlap,
+                                 device)
+            test_dice, test_iou = summarize(scored)
+            objects = summarize_objects(scored)  # empty without instance maps
             with mlflow.start_run(run_id=result.run_id, nested=True):
                 mlflow.log_metrics({"test_dice": test_dice, "test_iou": test_iou,  # the chart's two axes
-                                    "seconds_per_epoch": result.seconds_per_epoch})
+                                    "seconds_per_epoch": result.seconds_per_epoch,
+                                    **object_metrics_for_mlflow(objects)})
             rows.append({"variant": variant, "test_dice": test_dice, "test_iou": test_iou,
                          "best_val_dice": result.best_val_dice, "parameters": result.parameters,
                          "seconds_per_epoch": result.seconds_per_epoch, "peak_memory_mb": result.peak_memory_mb,
-                         "run_id": result.run_id})
-        mlflow.log_table({c: [r[c] for r in rows] for c in (*COLUMNS, "run_id")}, "comparison.json")
+                         "run_id": result.run_id,
+                         **({"object_f1": objects["test_object_f1"], "pq": objects["test_pq"]} if objects else {})})
+        mlflow.log_table({c: [r[c] for r in rows] for c in (*table_columns(rows), "run_id")}, "comparison.json")
         mlflow.log_text(format_table(rows), "comparison.md")
         chart = log_comparison_chart(rows, "comparison.png")
     out = root / "outputs" / "compare"

@@ -8,6 +8,11 @@ heads averaged: the UNet++ paper's speed/accuracy trade-off, measured on the use
 Test cases are scored as ``unetflow infer`` would segment them: read from the canonical dataset on their
 native grid (not the resampled preprocessed copy), predicted on the plan's spacing and resampled back
 (:mod:`tasks.inference.native_grid`), one case in memory at a time.
+
+Test cases with instance maps (the manifest's ``files.instances``) are also scored object by object
+(:mod:`tasks.evaluation.object_metrics`): object F1 at IoU 0.5 and its curve up to 0.9, AJI, PQ, split and
+merged objects, the predicted objects being the connected components (full connectivity) of each predicted
+class. Without instance maps there are no such columns and no such metrics.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from tasks.common.normalization import normalize, to_channel_first
 from tasks.common.plan import Plan
 from tasks.config import Params
 from tasks.evaluation.metrics import dice_per_class, hd95_per_class, iou_per_class
+from tasks.evaluation.object_metrics import THRESHOLDS, case_object_row, class_object_scores
 from tasks.inference.native_grid import predict_native_labels
 from tasks.inference.unetpp_modes import model_for_mode, unetpp_levels
 from tasks.preprocess.cases import load_case_arrays
@@ -41,6 +47,7 @@ class EvaluationResult:
     test_iou: float
     cases: list[dict]
     levels: list[dict] = field(default_factory=list)  # UNet++ with deep supervision: one row per mode
+    objects: dict = field(default_factory=dict)  # summarize_objects: empty without instance maps
 
 
 def test_cases(dataset_dir: Path, plan: Plan) -> list[dict]:
@@ -51,18 +58,22 @@ def test_cases(dataset_dir: Path, plan: Plan) -> list[dict]:
 
 
 def native_case(dataset_dir: Path, case: dict, plan: Plan) -> dict:
-    """One canonical case as a user has it (native grid): normalised ``C×…`` image, label, spacing (mm)."""
-    image, label, _ = load_case_arrays(dataset_dir, case)
+    """One canonical case as a user has it (native grid): normalised ``C×…`` image, label, spacing (mm), and
+    the spatial instance map (``instances``) or None."""
+    image, label, instances = load_case_arrays(dataset_dir, case)
     dims = plan.spatial_dims
     spacing = [float(s) for s in case["spacing"][:dims]] if case.get("spacing") else None
+    if instances is not None:
+        instances = to_channel_first(np.rint(np.asarray(instances)).astype(np.int64), dims)[0]
     return {"case_id": case["case_id"], "image": to_channel_first(normalize(image, plan.normalization), dims),
-            "label": to_channel_first(label, dims), "spacing": spacing}
+            "label": to_channel_first(label, dims), "spacing": spacing, "instances": instances}
 
 
 def score_cases(model: torch.nn.Module, plan: Plan, dataset_dir: Path, cases: list[dict], overlap: float,
                 device: torch.device) -> list[dict]:
     """Per-case test metrics on each case's native grid, one case in memory at a time: mean foreground Dice,
-    IoU and HD95 (mm), Dice per class, relative volume error, and the seconds the prediction took."""
+    IoU and HD95 (mm), Dice per class, relative volume error, and the seconds the prediction took; with an
+    instance map, the object scores too (:func:`~tasks.evaluation.object_metrics.case_object_row`)."""
     rows = []
     for case in cases:
         item = native_case(dataset_dir, case, plan)
@@ -74,12 +85,15 @@ def score_cases(model: torch.nn.Module, plan: Plan, dataset_dir: Path, cases: li
         iou = iou_per_class(prediction, truth, plan.num_classes)
         hd95 = hd95_per_class(prediction, truth, plan.num_classes, item.get("spacing"))
         true_volume = int((truth > 0).sum())
+        instances = item.pop("instances", None)
+        objects = {} if instances is None else case_object_row(
+            class_object_scores(prediction, truth, instances, plan.num_classes))
         rows.append({"case_id": item["case_id"], "dice": float(np.mean(list(dice.values()))),
                      "iou": float(np.mean(list(iou.values()))), "hd95": float(np.nanmean(list(hd95.values())))
                      if not all(np.isnan(list(hd95.values()))) else float("nan"),
                      **{f"dice_{c}": v for c, v in dice.items()},
                      "volume_error": abs(int((prediction > 0).sum()) - true_volume) / max(true_volume, 1),
-                     "seconds": seconds})
+                     "seconds": seconds, **objects})
     return rows
 
 
@@ -126,6 +140,25 @@ def summarize(rows: list[dict]) -> tuple[float, float]:
     return float(np.mean([r["dice"] for r in rows])), float(np.mean([r["iou"] for r in rows]))
 
 
+def summarize_objects(rows: list[dict]) -> dict:
+    """Means over cases of object F1@0.5, AJI, PQ (SQ, RQ) and of the F1 curve; split and merge counts summed.
+    Empty when the cases have no object scores (no instance maps), so nothing is reported for them."""
+    rows = [r for r in rows if "object_f1" in r]  # a case without an instance map has no object scores
+    if not rows:
+        return {}
+    mean = {key: float(np.mean([r[key] for r in rows])) for key in ("object_f1", "aji", "pq", "sq", "rq")}
+    return {**{f"test_{k}": v for k, v in mean.items()},
+            "test_splits": int(sum(r["splits"] for r in rows)), "test_merges": int(sum(r["merges"] for r in rows)),
+            "test_object_f1_curve": {f"{t:.2f}": float(np.mean([r[f"object_f1_{t:.2f}"] for r in rows]))
+                                     for t in THRESHOLDS}}
+
+
+def object_metrics_for_mlflow(objects: dict) -> dict[str, float]:
+    """The object summary as flat MLflow metrics: ``test_object_f1``, ``test_pq`` ..., ``test_object_f1_0.75``."""
+    flat = {k: float(v) for k, v in objects.items() if k != "test_object_f1_curve"}
+    return flat | {f"test_object_f1_{t}": v for t, v in objects.get("test_object_f1_curve", {}).items()}
+
+
 def evaluate_model(params: Params, root: Path, model_dir: Path | None = None,
                    metrics_dir: Path | None = None) -> EvaluationResult:
     """Score ``model_dir``'s ``model.pt`` (default: the champion's, ``train.output_dir``) on the test split into
@@ -144,21 +177,23 @@ def evaluate_model(params: Params, root: Path, model_dir: Path | None = None,
     cases = test_cases(dataset, plan)
     rows = score_cases(model.to(device), plan, dataset, cases, params.infer.overlap, device)
     test_dice, test_iou = summarize(rows)
+    objects = summarize_objects(rows)
     levels = score_unetpp_levels(model, plan, dataset, cases, params.infer.overlap, device)
     metrics_dir = metrics_dir or root / "outputs" / "metrics"
-    write_json(metrics_dir / "test.json", {"test_dice": test_dice, "test_iou": test_iou, "cases": len(rows),
+    write_json(metrics_dir / "test.json", {"test_dice": test_dice, "test_iou": test_iou, "cases": len(rows), **objects,
                                            **({"unetpp_levels": {r["mode"]: {k: v for k, v in r.items() if k != "mode"}
                                                                  for r in levels}} if levels else {})})
     table = io.StringIO()
+    fields = list(dict.fromkeys(key for row in rows for key in row))  # object columns even if case 1 has none
     if rows:
-        writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(table, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
     write_text(metrics_dir / "test_cases.csv", table.getvalue())
     with mlflow.start_run(run_id=train_info["run_id"]):
-        mlflow.log_metrics({"test_dice": test_dice, "test_iou": test_iou})
+        mlflow.log_metrics({"test_dice": test_dice, "test_iou": test_iou, **object_metrics_for_mlflow(objects)})
         if rows:
-            mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "evaluation/test_cases.json")
+            mlflow.log_table({k: [r.get(k) for r in rows] for k in fields}, "evaluation/test_cases.json")
         _log_levels(levels)
     return EvaluationResult(run_id=train_info["run_id"], test_dice=test_dice, test_iou=test_iou, cases=rows,
-                            levels=levels)
+                            levels=levels, objects=objects)

@@ -35,6 +35,7 @@ from tasks.common.normalization import normalize, to_channel_first
 from tasks.common.plan import Plan
 from tasks.config import DataConfig, InferConfig
 from tasks.inference.inputs import InferCase
+from tasks.inference.instances import Instances, instances_from_labels, object_table
 from tasks.inference.native_grid import model_space_spacing, predict_on_native_grid
 from tasks.inference.postprocess import FilterReport, gate_images, gate_voxels, keep_largest_component
 from tasks.inference.sliding_window import WindowSettings, has_cgm, roi_size_for
@@ -45,6 +46,7 @@ log = logging.getLogger("unetflow.infer")
 
 # Provenance: recorded in every report, left out of the key (the weights' hash ``model_id`` decides staleness).
 PROVENANCE = ("model_name", "model_version", "model_uri")
+MAX_OBJECTS = 10_000  # objects listed in a report's "instances" (the count and per-class counts are complete)
 REPORT_VERSION = 3  # bump when an unchanged input would now give a different output (2: CGM cgm_probability,
 #                    3: the plan's target spacing and back)
 
@@ -66,6 +68,7 @@ class InferSettings:
     dicom_seg: bool = True
     prune_level: int | None = None  # UNet++ fast mode (tasks.inference.unetpp_modes)
     unetpp_heads: str = "last"  # UNet++ accurate mode: "mean"
+    instances: str = "none"  # instance map: "components" | "watershed" (tasks.inference.instances)
     tolerance: float = 1e-4
     spacing_tolerance: float = 0.01
     max_voxels: int = 1_000_000_000
@@ -82,7 +85,7 @@ class InferSettings:
                    mirror_tta=infer.mirror_tta, device=infer.device, amp=infer.amp, stitch_device=infer.stitch_device,
                    cgm_filter=infer.cgm_filter, cgm_threshold=infer.cgm_threshold,
                    keep_largest_component=infer.keep_largest_component, dicom_seg=infer.dicom_seg,
-                   prune_level=infer.prune_level, unetpp_heads=infer.unetpp_heads,
+                   prune_level=infer.prune_level, unetpp_heads=infer.unetpp_heads, instances=infer.instances,
                    tolerance=data.geometry_tolerance, spacing_tolerance=data.slice_spacing_tolerance,
                    max_voxels=data.max_voxels, model_id=model_id, input_root=str(input_root))
 
@@ -99,6 +102,8 @@ class InferSettings:
         relevant = {k: v for k, v in asdict(self).items() if k not in excluded}
         if self.prune_level is None and self.unetpp_heads == "last":  # defaults: reports from before stay valid
             del relevant["prune_level"], relevant["unetpp_heads"]
+        if self.instances == "none":  # likewise: no instance map asked for, the key is the one before the option
+            del relevant["instances"]
         return json_digest({"version": REPORT_VERSION, "settings": relevant, "files": files}, 24)
 
 
@@ -174,11 +179,18 @@ def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path
     lcc = FilterReport()
     if settings.keep_largest_component:
         labels, lcc = keep_largest_component(labels)
+    found = None
+    if settings.instances != "none":
+        found = instances_from_labels(labels, settings.instances, spacing=model_space_spacing(study.affine))
     labels = to_input_space(labels, study.affine)
     timings["postprocess"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     outputs = {"mask": str(write_mask(output_dir / f"{case.case_id}.nii.gz", labels, study))}
+    instance_report: dict[str, Any] | None = None
+    if found is not None:
+        outputs["instances"] = str(output_dir / f"{case.case_id}_instances.nii.gz")
+        instance_report = _write_instances(Path(outputs["instances"]), found, study, plan, settings.instances)
     seg_error: str | None = None
     if study.series is not None and settings.dicom_seg:
         seg_error = _write_seg(output_dir / f"{case.case_id}.seg.dcm", labels, study, plan, settings, case, name)
@@ -199,6 +211,8 @@ def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path
         "keep_largest_component": {"applied": settings.keep_largest_component, "removed_voxels": lcc.removed_voxels},
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
+    if instance_report is not None:
+        report["instances"] = instance_report
     if study.series is not None:
         report["frame_of_reference_uid"] = study.series.frame_of_reference
         report["series_instance_uid"] = case.slices[0].series if case.slices else ""
@@ -206,6 +220,25 @@ def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path
         report["dicom_seg_error"] = seg_error
     write_json(output_dir / f"{case.case_id}.json", report)  # last: it marks the case done
     return report
+
+
+def _write_instances(path: Path, found: Instances, study: LoadedStudy, plan: Plan, method: str) -> dict[str, Any]:
+    """Write the instance map on the mask's grid (uint16, int32 past 65535 objects); return its report entry.
+
+    Sizes: ``volume_ml`` for volumes, ``area_mm2`` for 2D images (the affine is in mm, as NIfTI and DICOM
+    define it). The objects list stops at :data:`MAX_OBJECTS` (``objects_truncated`` says so).
+    """
+    write_mask(path, to_input_space(found.ids, study.affine), study,
+               np.uint16 if len(found.classes) <= 65536 else np.int32)
+    axes = np.asarray(study.affine, dtype=float)[:3, :3]
+    if len(study.out_shape) == 2:
+        size_key, unit = "area_mm2", float(np.linalg.norm(np.cross(axes[:, 0], axes[:, 1])))
+    else:
+        size_key, unit = "volume_ml", float(abs(np.linalg.det(axes))) / 1000.0
+    per_class, objects = object_table(found, unit, size_key, _class_names(plan), MAX_OBJECTS)
+    count = len(found.classes) - 1
+    return {"method": method, "count": count, "per_class": per_class, "objects": objects,
+            "objects_truncated": count > len(objects)}
 
 
 def _write_seg(path: Path, labels: np.ndarray, study: LoadedStudy, plan: Plan, settings: InferSettings,

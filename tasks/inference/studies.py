@@ -75,12 +75,15 @@ def to_input_space(labels: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return apply_orientation(labels, ornt_transform(axcodes2ornt("RAS"), io_orientation(affine)))
 
 
-def write_mask(path: Path, labels: np.ndarray, study: LoadedStudy) -> Path:
-    """The mask as uint8 NIfTI on the input grid: same shape, affine and qform/sform as the input."""
-    labels = np.ascontiguousarray(labels.reshape(study.out_shape).astype(np.uint8))
+def write_mask(path: Path, labels: np.ndarray, study: LoadedStudy, dtype: type[np.integer] = np.uint8) -> Path:
+    """The mask as NIfTI on the input grid: same shape, affine and qform/sform as the input.
+
+    ``dtype``: uint8 for class labels; an instance map's ids need uint16 or int32.
+    """
+    labels = np.ascontiguousarray(labels.reshape(study.out_shape).astype(dtype))
     if study.header is not None:
         header = study.header.copy()
-        header.set_data_dtype(np.uint8)
+        header.set_data_dtype(dtype)
         header.set_slope_inter(1, 0)
         header.set_intent("label")
         image = nib.Nifti1Image(labels, study.affine, header)

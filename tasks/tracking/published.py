@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tasks.common.atomic import atomic_path
 from tasks.config import Params
-from tasks.tracking.registry import PromotionDecision, promote_if_better
+from tasks.tracking.registry import PROMOTION_METRICS, PromotionDecision, promote_if_better
 
 MODEL_FILES = ("model.pt", "plan.json", "train.json")
 METRICS_FILES = ("test.json", "test_cases.csv")
@@ -65,10 +65,20 @@ def publish(params: Params, root: Path, version: str) -> None:
     _copy_files(folder / "metrics", champion_metrics_dir(root), METRICS_FILES)
 
 
-def promote_candidate(params: Params, root: Path, version: str, run_id: str, test_dice: float) -> PromotionDecision:
-    """The registry decides (``promote_if_better`` with ``tracking.min_test_score``); files follow the registry."""
-    decision = promote_if_better(params.tracking.model_name, version, run_id, test_dice,
-                                 params.tracking.min_test_score)
+def promotion_score(params: Params, evaluated: dict) -> float | None:
+    """The candidate's value of ``tracking.promote_on`` from an evaluation's result (``evaluate_flow``'s dict):
+    None when the evaluation could not give it (object metrics without instance maps)."""
+    key, _ = PROMOTION_METRICS[params.tracking.promote_on]
+    value = evaluated.get(key)
+    return None if value is None else float(value)
+
+
+def promote_candidate(params: Params, root: Path, version: str, run_id: str,
+                      score: float | None) -> PromotionDecision:
+    """The registry decides (``promote_if_better`` on ``tracking.promote_on`` with ``tracking.min_test_score``;
+    ``score`` is the candidate's value of that metric, see :func:`promotion_score`); files follow the registry."""
+    decision = promote_if_better(params.tracking.model_name, version, run_id, score,
+                                 params.tracking.min_test_score, params.tracking.promote_on)
     if decision.promoted:
         publish(params, root, version)
     return decision
