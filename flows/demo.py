@@ -56,7 +56,10 @@ def demo_flow(root: str = ".", params_file: str | None = "params.yaml", override
     model_uri = f"models:/{params.tracking.model_name}@{CHAMPION_ALIAS}"
     if not result["promoted"]:
         model_uri = f"models:/{params.tracking.model_name}/{result['version']}"
-    inferred = infer_flow(root=str(root_path), params_file=params_file, overrides=overrides, model=model_uri)
+    # The demo's cells touch: unless params.yaml chose an instance method, show them separated (watershed).
+    instances = [] if params.infer.instances != "none" else ["infer.instances=watershed"]
+    inferred = infer_flow(root=str(root_path), params_file=params_file, overrides=[*(overrides or []), *instances],
+                          model=model_uri)
     if versioned:
         # Record what the flows just produced as the DVC stages' outputs (no recomputation).
         run_dvc(root_path, "commit", "-f", "-q")
@@ -64,7 +67,9 @@ def demo_flow(root: str = ".", params_file: str | None = "params.yaml", override
     object_f1 = result["evaluate"].get("test_object_f1")  # the synthetic cells come with instance maps
     objects = "" if object_f1 is None else f", object F1@0.5: {object_f1:.4f}"
     print(f"\nTest Dice: {test_dice:.4f}{objects} over {result['evaluate']['cases']} held-out labelled cases")
-    print(f"Masks of {inferred['done'] + inferred['skipped']} new images: {inferred['output']}")
+    method = "watershed" if instances else params.infer.instances
+    shown = "" if method == "none" else f" (and <case>_instances.nii.gz, one id per cell: {method})"
+    print(f"Masks of {inferred['done'] + inferred['skipped']} new images: {inferred['output']}{shown}")
     print(f"Model: {model_uri} (version {result['version']}, "
           f"{'champion' if result['promoted'] else 'not promoted: ' + result['reason']})")
     print(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri(params.tracking, root_path)} "

@@ -29,7 +29,12 @@ def set_params(root: Path, **changes: dict) -> None:
 def test_demo_then_dvc(project: Path, tmp_path: Path) -> None:
     set_params(project, train={"epochs": 2, "batch_size": 4})
     demo = run([str(BIN / "unetflow"), "demo", "--n-train", "12", "--n-test", "2"], project, tmp_path)
-    assert "Test Dice:" in demo.stdout + demo.stderr
+    assert "Test Dice:" in demo.stdout + demo.stderr and "object F1@0.5:" in demo.stdout + demo.stderr
+    # The demo's touching cells come out as an instance map too, on each input's grid.
+    for image in sorted((project / "data" / "imagesTs").glob("*_0000.nii.gz")):
+        name = image.name.replace("_0000.nii.gz", "")
+        instances = nib.load(str(project / "outputs" / "predictions" / f"{name}_instances.nii.gz"))
+        assert instances.shape == nib.load(str(image)).shape and np.asarray(instances.dataobj).max() >= 1
     assert "mlflow ui --backend-store-uri sqlite:///" in demo.stdout + demo.stderr
 
     # MLflow: the run with flattened params, per-epoch metrics, artifacts, and the registered model.
