@@ -40,9 +40,7 @@ from tasks.inference.instances import instances_from_labels
 from tasks.inference.native_grid import predict_native_labels
 from tasks.ingest.batch import ingest_dataset
 from tasks.ingest.synthetic import SyntheticSpec, write_synthetic_dataset
-from tasks.preprocess.cases import preprocess_case
-from tasks.preprocess.intensity_stats import case_intensity_sample
-from tasks.preprocess.planning import plan_from_samples, plan_split, training_cases, write_plan
+from tasks.preprocess.in_process import preprocess_dataset
 from tasks.tracking.model_package import load_model
 from tasks.training.trainer import train_model
 
@@ -70,22 +68,6 @@ def make_params(training: str, args: argparse.Namespace) -> Params:
     for section, values in TRAININGS[training].items():
         raw[section] = {**raw.get(section, {}), **values}
     return validate_params(raw)
-
-
-def preprocess(root: Path, params: Params) -> dict:
-    """What ``flows/preprocess.py`` does, sequentially (as ``tests/preprocess/conftest.py``); the plan."""
-    dataset = root / params.data.dataset_dir
-    manifest = json.loads((dataset / "dataset.json").read_text())
-    split = plan_split(manifest, params.data)
-    samples = [case_intensity_sample(dataset, case, params.preprocess.intensity_samples)
-               for case in training_cases(manifest, split)]
-    plan = plan_from_samples(manifest, params, split, samples)
-    output = root / params.preprocess.output_dir
-    cache = root / params.preprocess.weight_map_cache
-    for case in manifest["cases"]:
-        preprocess_case(dataset, case, plan, params.preprocess, output, cache)
-    write_plan(output, plan)
-    return plan
 
 
 def score_model(checkpoint: str, root: Path, params: Params) -> tuple[dict[str, list[dict]], list[str]]:
@@ -122,7 +104,7 @@ def run_training(training: str, args: argparse.Namespace, spec: SyntheticSpec) -
         started = time.perf_counter()
         write_synthetic_dataset(root / params.data.raw_dir, spec)
         ingest_dataset(root / params.data.raw_dir, root / params.data.dataset_dir, params.data)
-        plan = preprocess(root, params)
+        plan, _ = preprocess_dataset(root, params)
         prepared = time.perf_counter()
         result = train_model(params, root, register=False)
         trained = time.perf_counter()

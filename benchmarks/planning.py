@@ -247,8 +247,7 @@ def run_unetflow(raw: Path, project: Path, model: dict[str, Any] | None,
     ``model`` / ``data``: params.yaml keys over the defaults; ``device`` cuda: the memory fit is measured."""
     from tasks.config import validate_params
     from tasks.ingest.batch import ingest_dataset
-    from tasks.preprocess.intensity_stats import case_intensity_sample
-    from tasks.preprocess.planning import plan_from_samples, plan_split, training_cases
+    from tasks.preprocess.in_process import plan_dataset
 
     sections: dict[str, Any] = {"data": {"source": "nnunet", "raw_dir": str(raw), "dataset_dir": "dataset",
                                          **(data or {})},
@@ -261,10 +260,8 @@ def run_unetflow(raw: Path, project: Path, model: dict[str, Any] | None,
     manifest, results = ingest_dataset(raw, dataset, params.data, workers=2)
     rejected = [f"{r.case_id}: {r.reason}" for r in results if not r.accepted]
     ingested = time.perf_counter()
-    split = plan_split(manifest, params.data)
-    samples = [case_intensity_sample(dataset, case, params.preprocess.intensity_samples)
-               for case in training_cases(manifest, split)]
-    plan = plan_from_samples(manifest, params, split, samples)
+    plan = plan_dataset(dataset, params)
+    split = plan.split
     planned = time.perf_counter()
     dims = plan.spatial_dims
     spacing = list(plan.target_spacing) if plan.target_spacing is not None else None

@@ -72,6 +72,21 @@ def _anisotropic(spacing: Sequence[float]) -> bool:
     return max(spacing) / min(spacing) > ANISO_THRESHOLD
 
 
+def resampling_target(shape: Sequence[int], spacing: Sequence[float] | None,
+                      target_spacing: Sequence[float] | None) -> tuple[float, ...] | None:
+    """``target_spacing`` over ``shape``'s axes when an image of voxel size ``spacing`` must be resampled to
+    it; None when either spacing is unknown or the image is already on it (callers then leave it untouched).
+
+    The one place preprocessing and inference decide whether to resample, so a case is never resampled for
+    training but left alone at inference (or the other way round)."""
+    if spacing is None or target_spacing is None:
+        return None
+    dims = len(shape)
+    native = tuple(float(s) for s in spacing[:dims])
+    target = tuple(float(s) for s in target_spacing[:dims])
+    return target if needs_resampling(tuple(int(n) for n in shape), native, target) else None
+
+
 def separate_axis(spacing: Sequence[float], target_spacing: Sequence[float]) -> int | None:
     """The thick axis to resample on its own, or None (nnU-Net's ``get_do_separate_z``/``get_lowres_axis``).
 

@@ -21,7 +21,7 @@ from nibabel.orientations import io_orientation
 from torch import nn
 
 from tasks.common.plan import Plan
-from tasks.imaging.resampling import needs_resampling, resample_image, resample_probabilities
+from tasks.imaging.resampling import resample_image, resample_probabilities, resampling_target
 from tasks.inference.sliding_window import WindowedPrediction, WindowSettings, predict_windows
 
 
@@ -34,23 +34,13 @@ def model_space_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return spacing[0], spacing[1], spacing[2]
 
 
-def plan_target(plan: Plan, spacing: Sequence[float] | None, shape: Sequence[int]) -> tuple[float, ...] | None:
-    """The plan's spacing over the image's spatial axes when the image must be resampled to it, else None."""
-    if plan.target_spacing is None or spacing is None:
-        return None
-    dims = len(shape)
-    native = tuple(float(s) for s in spacing[:dims])
-    target = tuple(float(s) for s in plan.target_spacing[:dims])
-    return target if needs_resampling(tuple(shape), native, target) else None
-
-
 def predict_on_native_grid(model: nn.Module, plan: Plan, image: np.ndarray, spacing: Sequence[float] | None,
                            settings: WindowSettings, device: torch.device | str,
                            with_class: bool = True) -> WindowedPrediction:
     """Windowed prediction of a normalised ``C×…`` image of voxel size ``spacing`` (mm, per spatial axis),
     returned on the image's own grid (see the module docstring)."""
     native_shape = tuple(int(s) for s in image.shape[1:])
-    target = plan_target(plan, spacing, native_shape)
+    target = resampling_target(native_shape, spacing, plan.target_spacing)
     if target is None:
         return predict_windows(model, image, settings, device, with_class=with_class)
     assert spacing is not None

@@ -13,7 +13,7 @@ import numpy as np
 from tasks.common.normalization import normalize, to_channel_first
 from tasks.common.plan import Plan
 from tasks.config import PreprocessConfig
-from tasks.imaging.resampling import needs_resampling, resample_image, resample_instances, resample_labels
+from tasks.imaging.resampling import resample_image, resample_instances, resample_labels, resampling_target
 from tasks.preprocess.case_store import write_case
 from tasks.preprocess.weight_map_cache import cached_weight_map
 
@@ -38,12 +38,10 @@ class CaseGrid:
 
     @classmethod
     def of(cls, case: dict, shape: tuple[int, ...], plan: Plan) -> CaseGrid:
-        dims = plan.spatial_dims
-        spacing = tuple(float(s) for s in (case.get("spacing") or [1.0] * 3)[:dims])
-        if plan.target_spacing is None or len(case.get("spacing") or []) < 3:
-            return cls(spacing, spacing, False)
-        target = tuple(float(s) for s in plan.target_spacing[:dims])
-        return cls(spacing, target, needs_resampling(shape, spacing, target))
+        known = case.get("spacing") if len(case.get("spacing") or []) >= 3 else None
+        spacing = tuple(float(s) for s in (known or [1.0] * 3)[:len(shape)])
+        target = resampling_target(shape, known, plan.target_spacing)
+        return cls(spacing, target or spacing, target is not None)
 
     def distance_spacing(self, case: dict) -> list[float]:
         """The 3-value spacing the weight map's distances use: the grid the map is computed on."""

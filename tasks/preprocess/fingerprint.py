@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.imaging.resampling import resampled_shape
+
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net v2's ``anisotropy_threshold``
 _FINER_MARGIN = 1e-5  # nnU-Net: the coarse axis stays (just) coarser than the others
 
@@ -46,7 +48,8 @@ def fingerprint(spacings: np.ndarray, shapes: np.ndarray) -> dict[str, Any]:
 
 def median_resampled_shape(spacings: np.ndarray, shapes: np.ndarray, target: tuple[float, ...]) -> list[float]:
     """The median case shape once resampled to ``target`` (each case: round(shape × spacing / target))."""
-    resampled = np.maximum(np.round(shapes * spacings / np.asarray(target, dtype=float)), 1)
+    resampled = np.array([resampled_shape(shape, spacing, target) for shape, spacing in zip(shapes, spacings,
+                                                                                           strict=True)])
     resampled[shapes == 1] = 1  # a 2D image's single slice stays one slice
     return [float(v) for v in np.median(resampled, axis=0)]
 

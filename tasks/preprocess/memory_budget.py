@@ -58,10 +58,8 @@ def bytes_per_unit(spatial_dims: int) -> float:
     return REFERENCE_GB * GIB / (REFERENCE_UNITS[spatial_dims] * REFERENCE_BATCH[spatial_dims])
 
 
-def conv_output_units(factory: NetworkFactory, topology: Topology, in_channels: int, patch: Sequence[int]) -> int:
-    """Values all convolutions output for one sample of ``patch``, counted on the ``meta`` device."""
-    with torch.device("meta"):
-        network = factory(topology)
+def conv_output_units(network: nn.Module, in_channels: int, patch: Sequence[int]) -> int:
+    """Values all convolutions of ``network`` (built on the ``meta`` device) output for one sample of ``patch``."""
     counted = [0]
 
     def count(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
@@ -78,10 +76,12 @@ def conv_output_units(factory: NetworkFactory, topology: Topology, in_channels: 
 
 
 def estimated_cost(factory: NetworkFactory, topology: Topology, in_channels: int, patch: Sequence[int]) -> MemoryCost:
-    """The CPU's estimate (module docstring); also what the CUDA path shrinks with before measuring."""
+    """The CPU's estimate (module docstring); also what the CUDA path shrinks with before measuring. The
+    network is built once, on the ``meta`` device: shapes only, no memory, no arithmetic."""
     with torch.device("meta"):
-        parameters = sum(p.numel() for p in factory(topology).parameters())
-    units = conv_output_units(factory, topology, in_channels, patch)
+        network = factory(topology)
+    parameters = sum(p.numel() for p in network.parameters())
+    units = conv_output_units(network, in_channels, patch)
     return MemoryCost(fixed=parameters * BYTES_PER_PARAMETER, per_sample=units * bytes_per_unit(len(patch)),
                       method="estimated (activation sizes)")
 

@@ -124,12 +124,12 @@ def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, mo
     # strides); its tiles are then placed around the fitted patch.
     sized = network_spec(model).model_copy(update={"options": {k: v for k, v in model.options.items()
                                                                if k != "padding"}})
+    # The median case on the grid training will see (no spacings known: the shapes as stored).
+    median = np.asarray(fingerprint["median_shape_resampled"] if fingerprint else np.median(shapes, axis=0))
     fitted = fit_to_budget(network_factory(sized, spatial_dims, in_channels, num_classes), BudgetRequest(
         spacing=tuple(target_spacing or (1.0,) * 3)[:spatial_dims],
-        median_shape=tuple(fingerprint["median_shape_resampled"] if fingerprint
-                           else np.median(np.array(shapes), axis=0))[:spatial_dims],
-        dataset_voxels=float(np.prod((fingerprint or {}).get("median_shape_resampled")
-                                     or np.median(np.array(shapes), axis=0))) * len(shapes),
+        median_shape=tuple(float(v) for v in median[:spatial_dims]),
+        dataset_voxels=float(np.prod(median)) * len(shapes),
         depth=network_depth(model), in_channels=in_channels, num_classes=num_classes,
         budget_gb=train.memory_budget_gb, device=resolve_device(train.device, "train.device"), amp=train.amp,
         patch=None if train.patch_size is None or model.options.get("padding") == "valid" else train.patch_size,

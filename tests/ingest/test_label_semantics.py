@@ -56,20 +56,9 @@ def voxels(path: Path) -> np.ndarray:
 
 def preprocess(root: Path, params: Params):  # noqa: ANN201 (the Plan; imported late like the flow does)
     """What ``flows/preprocess.py`` does, as the plain functions it maps; returns the plan."""
-    from tasks.preprocess.cases import preprocess_case
-    from tasks.preprocess.intensity_stats import case_intensity_sample
-    from tasks.preprocess.planning import plan_from_samples, plan_split, training_cases, write_plan
+    from tasks.preprocess.in_process import preprocess_dataset
 
-    dataset = root / params.data.dataset_dir
-    manifest = json.loads((dataset / "dataset.json").read_text())
-    split = plan_split(manifest, params.data)
-    plan = plan_from_samples(manifest, params, split, [case_intensity_sample(dataset, case, 1000)
-                                                      for case in training_cases(manifest, split)])
-    output, cache = root / params.preprocess.output_dir, root / params.preprocess.weight_map_cache
-    for case in manifest["cases"]:
-        preprocess_case(dataset, case, plan, params.preprocess, output, cache)
-    write_plan(output, plan)
-    return plan
+    return preprocess_dataset(root, params)[0]
 
 
 def test_three_classes_survive_default_params_into_the_plan_the_network_and_mlflow(tmp_path: Path) -> None:

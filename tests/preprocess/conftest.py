@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from tasks.common.hashing import sha256_file
+from tasks.common.plan import Plan
 from tasks.config import Params, validate_params
 from tasks.ingest.synthetic import SyntheticSpec, cell_image
-from tasks.preprocess.cases import preprocess_case
-from tasks.preprocess.intensity_stats import case_intensity_sample
-from tasks.preprocess.planning import plan_from_samples, plan_split, training_cases, write_plan
+from tasks.preprocess.in_process import preprocess_dataset
 
 TINY = SyntheticSpec(n_train=5, n_test=0, size=32, cells=(3, 5), radius=(4.0, 7.0), noise=0.1, seed=3)
 
@@ -48,19 +47,9 @@ def write_manifest(dataset: Path, modality: str = "unknown") -> dict:
     return manifest
 
 
-def preprocess(root: Path, params: Params) -> tuple[dict, list[dict]]:
+def preprocess(root: Path, params: Params) -> tuple[Plan, list[dict]]:
     """What ``flows/preprocess.py`` does, sequentially: (plan, per-case results)."""
-    dataset = root / params.data.dataset_dir
-    manifest = json.loads((dataset / "dataset.json").read_text())
-    split = plan_split(manifest, params.data)
-    samples = [case_intensity_sample(dataset, case, params.preprocess.intensity_samples)
-               for case in training_cases(manifest, split)]
-    plan = plan_from_samples(manifest, params, split, samples)
-    output = root / params.preprocess.output_dir
-    cache = root / params.preprocess.weight_map_cache
-    results = [preprocess_case(dataset, case, plan, params.preprocess, output, cache) for case in manifest["cases"]]
-    write_plan(output, plan)
-    return plan, results
+    return preprocess_dataset(root, params)
 
 
 def make_params(**sections: dict) -> Params:

@@ -100,7 +100,8 @@ def test_activation_count_is_the_networks_conv_outputs() -> None:
     def factory(t: Topology) -> torch.nn.Module:
         return build_network("unet", 2, 1, 2, features=(4, 8), strides=t.strides, kernel_sizes=t.kernel_sizes)
 
-    counted = conv_output_units(factory, topology, 1, (16, 16))
+    with torch.device("meta"):
+        counted = conv_output_units(factory(topology), 1, (16, 16))
     full, half = 16 * 16, 8 * 8
     # encoder: 2 convs × 4 ch at full res, 2 × 8 at half; decoder: up-conv 4 ch at full, 2 convs × 4 at full, head 2.
     expected = 2 * 4 * full + 2 * 8 * half + 4 * full + 2 * 4 * full + 2 * full
@@ -118,7 +119,7 @@ def test_every_variant_plans_and_builds_on_an_anisotropic_dataset() -> None:
         plan = make_plan(manifest, params.data, params.preprocess, params.model, params.train, STATS)
         assert plan.network.strides[0] == (2, 2, 1), name
         factory = network_factory(plan.network, 3, 1, 2)
-        assert plan.memory["gb_at_batch_size"] <= 0.5 or not plan.memory["fits"], name
+        assert plan.memory["fits"] and plan.memory["gb_at_batch_size"] <= 0.5, name  # shrunk until it fits
         topology = Topology(plan.network.strides, plan.network.kernel_sizes)
         assert estimated_cost(factory, topology, 1, plan.patch_size).at(2) <= 0.5 * GIB, name
 
