@@ -17,7 +17,7 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || 
 # Elsewhere without a GPU, point it at PyTorch's CPU index: make setup TORCH_CPU_INDEX="--index-url URL".
 TORCH_CPU_INDEX ?=
 
-.PHONY: setup demo test test-fast lint clean mlflow-ui serve serve-stop
+.PHONY: orthanc setup demo test test-fast lint clean mlflow-ui serve serve-stop pacs pacs-demo pacs-stop
 
 setup: $(STAMP)
 
@@ -36,8 +36,17 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/unetflow demo
 
-test: setup
+test: setup orthanc
 	$(BIN)/python -m pytest -q
+
+# The PACS tests, `make pacs` and `make pacs-demo` run a real Orthanc with the DICOMweb plugin (Debian's
+# orthanc + orthanc-dicomweb): installed with apt-get when missing (sudo when not root).
+orthanc:
+	@if { ! command -v Orthanc >/dev/null && ! test -x /usr/sbin/Orthanc; } \
+	   || ! test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so; then \
+	  SUDO=""; if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q orthanc orthanc-dicomweb; \
+	fi
 
 # Everything but the tests marked slow (end-to-end pipeline, servers, DDP, Dask processes): minutes less.
 test-fast: setup
@@ -65,6 +74,25 @@ serve: setup
 
 serve-stop:
 	$(BIN)/unetflow serve-stop --root $(CURDIR)
+
+# A throwaway local PACS (Orthanc with DICOMweb, tasks/pacs/orthanc.py) in the foreground, for trying
+# `unetflow pacs-sync` without a hospital: loopback only, config/log/storage under outputs/pacs-server (kept;
+# `make clean` removes it). DICOMweb http://127.0.0.1:$(PACS_HTTP_PORT)/dicom-web, DIMSE
+# 127.0.0.1:$(PACS_DICOM_PORT):ORTHANC, Explorer http://127.0.0.1:$(PACS_HTTP_PORT)/app/explorer.html. Ctrl-C stops it.
+PACS_HTTP_PORT ?= 8042
+PACS_DICOM_PORT ?= 4242
+pacs: setup orthanc
+	$(BIN)/python -m tasks.pacs.orthanc --dir outputs/pacs-server --http-port $(PACS_HTTP_PORT) --dicom-port $(PACS_DICOM_PORT)
+
+# pacs-sync end to end in about two minutes (tasks/pacs/demo.py): uses the Orthanc of `make pacs` when one answers on
+# $(PACS_HTTP_PORT), else starts one in the background and leaves it running (`make pacs-stop` stops it); uploads
+# 3 synthetic CT series (STOW-RS), trains a tiny CT model once (outputs/pacs-demo/model.pt, reused), runs the
+# sync and prints the Explorer links where each study's SEG and volume report appear. A rerun stores nothing twice.
+pacs-demo: setup orthanc
+	$(BIN)/unetflow pacs-demo --root $(CURDIR) --http-port $(PACS_HTTP_PORT) --dicom-port $(PACS_DICOM_PORT)
+
+pacs-stop:
+	$(BIN)/unetflow pacs-demo --stop --root $(CURDIR)
 
 clean:
 	rm -rf outputs mlruns.db mlartifacts data

@@ -116,6 +116,32 @@ def infer(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), se
                      trust_pickled_model=trust_pickled_model))
 
 
+@app.command("pacs-sync")
+def pacs_sync(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None,
+              url: Annotated[str | None, typer.Option(help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web.")]
+              = None,
+              dimse: Annotated[str | None, typer.Option(help="DIMSE instead: HOST:PORT:AET of the PACS.")] = None,
+              model: Annotated[str | None, typer.Option(help="models:/NAME@alias (default: the champion).")] = None,
+              study_date: Annotated[str | None, typer.Option(help="YYYYMMDD-YYYYMMDD (inclusive).")] = None,
+              modality: Annotated[str | None, typer.Option(help="Only series of this modality, e.g. CT.")] = None,
+              series_description: Annotated[str | None, typer.Option(help="Only series whose description "
+                                                                              "matches this regex.")] = None,
+              trust_pickled_model: Annotated[bool, typer.Option(
+                  "--trust-pickled-model", help="Also load an older, pickled model version (runs its code).")]
+              = False) -> None:
+    """Segment a PACS's new series and store a DICOM SEG and a volume report back into each study.
+
+    Credentials: UNETFLOW_PACS_TOKEN, or UNETFLOW_PACS_USER + UNETFLOW_PACS_PASSWORD (never on the command line)."""
+    from flows.infer import pacs_sync_flow
+
+    flags = {"url": url, "dimse": dimse, "study_date": study_date, "modality": modality,
+             "series_description": series_description}
+    overrides = [*(set or []), *(f"pacs.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
+    if url or dimse:  # the command line's transport replaces the one params.yaml names
+        overrides.append(f"pacs.{'dimse' if url else 'url'}=null")
+    _show(pacs_sync_flow(**_checked(root, params, overrides), model=model, trust_pickled_model=trust_pickled_model))
+
+
 @app.command()
 def retrain(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml"), set: SetOpt = None) -> None:
     """ingest → preprocess → train → evaluate → promote the model if it beats the champion."""
@@ -178,6 +204,37 @@ def serve_stop(root: RootOpt = Path(".")) -> None:
     from tasks.serving import stop
 
     _serving(lambda: stop(root))
+
+
+@app.command("pacs-demo")
+def pacs_demo(root: RootOpt = Path("."),
+              http_port: Annotated[int, typer.Option(help="Orthanc's HTTP port (an Orthanc already there is used).")]
+              = 8042,
+              dicom_port: Annotated[int, typer.Option(help="Orthanc's DICOM port, when the demo starts it.")] = 4242,
+              stop: Annotated[bool, typer.Option("--stop", help="Stop the Orthanc a pacs-demo left running.")]
+              = False) -> None:
+    """Try pacs-sync in two minutes: a local Orthanc (started in the background when none answers, left
+    running), 3 synthetic CT series uploaded, a tiny CT model trained once (outputs/pacs-demo), then the sync.
+
+    Open the Orthanc Explorer address it prints: the SEG and the volume report sit beside each study's images.
+    `unetflow pacs-demo --stop` (make pacs-stop) stops the Orthanc it started."""
+    import time
+
+    from tasks.pacs import demo
+
+    if stop:
+        typer.echo(demo.stop_orthanc(root.resolve()))
+        return
+    clock = time.perf_counter()
+    try:
+        prepared = demo.prepare(root.resolve(), http_port, dicom_port, echo=typer.echo)
+    except demo.DemoError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    from flows.infer import pacs_sync_flow
+
+    result = pacs_sync_flow(**_checked(prepared.project, prepared.params_file, None), model=str(prepared.model))
+    typer.echo(demo.closing_words(prepared, result, time.perf_counter() - clock))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def demo_flow(root: str = ".", params_file: str | None = "params.yaml", override
                           model=model_uri)
     if versioned:
         # Record what the flows just produced as the DVC stages' outputs (no recomputation).
-        run_dvc(root_path, "commit", "-f", "-q")
+        run_dvc(root_path, "commit", "-f")
     test_dice = result["evaluate"]["test_dice"]
     object_f1 = result["evaluate"].get("test_object_f1")  # the synthetic cells come with instance maps
     objects = "" if object_f1 is None else f", object F1@0.5: {object_f1:.4f}"

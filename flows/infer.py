@@ -16,7 +16,7 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import project, task_runner_for
-from flows.reports import report_infer
+from flows.reports import report_infer, report_pacs_sync
 from tasks.inference import batch
 from tasks.inference.batch import CaseOutcome
 from tasks.inference.segment import InferSettings
@@ -90,3 +90,59 @@ def infer_flow(root: str = ".", params_file: str | None = "params.yaml", overrid
     if cases and counts.failed == cases:
         raise BatchFailed(f"all {counts.failed} cases failed; first: {counts.failed_cases[0]['error']}")
     return result
+
+
+class PacsSyncFailed(RuntimeError):
+    """Every series the sync tried failed (or the PACS could not even be searched)."""
+
+
+@flow(name="pacs-sync", log_prints=True)
+def pacs_sync_flow(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None,
+                   model: str | None = None, trust_pickled_model: bool = False) -> dict:
+    """Segment the PACS's new series with ``infer``'s own path and store a SEG and a volume SR back into each
+    study (``tasks.pacs.sync``); the summary (done / skipped / failed with reasons, series by pseudonym) is
+    printed, written to ``pacs.work_dir`` and is this run's result. Fails only when every series failed."""
+    from tasks.pacs.connect import open_transport, series_filter
+    from tasks.pacs.sync import SyncSettings, sync_pacs
+    from tasks.pacs.transport import PacsError
+
+    root_path, params = project(root, params_file, overrides)
+    configure_tracking(params.tracking, root_path)
+    config = params.pacs
+    model_uri = (model or config.model_uri or params.infer.model_uri
+                 or f"models:/{params.tracking.model_name}@{CHAMPION_ALIAS}")
+    transport = open_transport(config, _pacs_secret(config.credentials_block))
+    settings = InferSettings.from_config(params.infer, params.data)
+    network, plan = load_model(model_uri, map_location=settings.torch_device(), trust_pickled=trust_pickled_model)
+    identity = batch.model_identity(network)
+    model_name, model_version = batch.model_provenance(model_uri)
+    # a run or a checkpoint has no registry name: the weights' hash names the results (a new one, new results)
+    model_name, model_version = model_name or params.tracking.model_name, model_version or identity[:12]
+    settings = InferSettings(**{**asdict(settings), "model_id": identity, "model_name": model_name,
+                                "model_version": model_version, "model_uri": model_uri})
+    sync = SyncSettings(filters=series_filter(config), work_dir=root_path / config.work_dir,
+                        salt=params.data.dicom_id_salt, model_name=model_name, model_version=model_version,
+                        infer=settings)
+    try:
+        summary = sync_pacs(transport, network, plan, sync)
+    except PacsError as error:  # the search itself: nothing could be looked at
+        raise PacsSyncFailed(f"pacs-sync: {error}") from None
+    result = {"model_uri": model_uri, **summary.to_json(), "summary": str(sync.work_dir / "summary.json")}
+    for outcome in summary.outcomes:
+        if outcome.status == "failed":
+            log.error("failed %s: %s", outcome.series, outcome.reason)
+    print(f"pacs-sync: {summary.done} segmented and stored, {summary.skipped} skipped, {summary.failed} failed "
+          f"(model {model_name} v{model_version}) → {result['summary']}")
+    report_pacs_sync(result)
+    if summary.all_failed:
+        raise PacsSyncFailed(f"all {summary.failed} series failed; first: {summary.outcomes[0].reason}")
+    return result
+
+
+def _pacs_secret(block: str | None) -> object:
+    """The value of the Prefect Secret block named in ``pacs.credentials_block`` (None: none configured)."""
+    if not block:
+        return None
+    from prefect.blocks.system import Secret
+
+    return Secret.load(block).get()

@@ -43,6 +43,18 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _object_scores(evaluate: dict[str, Any]) -> str:
+    """", object F1@0.5 … PQ … AJI …, split / merged objects" when the test cases had instance maps, else ""."""
+    f1 = evaluate.get("test_object_f1")
+    if not isinstance(f1, float):
+        return ""
+    named = (("test_pq", "PQ"), ("test_aji", "AJI"))
+    scores = [f"object F1@0.5 {f1:.4f}"] + [f"{name} {evaluate[key]:.4f}" for key, name in named
+                                             if isinstance(evaluate.get(key), float)]
+    return (", " + ", ".join(scores) + f" ({evaluate.get('test_splits', '?')} split, "
+            f"{evaluate.get('test_merges', '?')} merged objects)")
+
+
 def _table_md(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
@@ -92,6 +104,19 @@ def report_infer(result: dict[str, Any], outcomes: list[Any]) -> None:
     _safely(lambda: create_table_artifact(rows[:MAX_ROWS] or [{"case_id": "", "status": "no cases"}],
                                           key="infer-cases", description="batch inference: every case"),
             "infer table")
+
+
+def report_pacs_sync(result: dict[str, Any]) -> None:
+    """Counts, the model and one row per series that was not simply done (pseudonyms, never UIDs or names)."""
+    counts, model = result["counts"], result["model"]
+    rows = [(s["series"], s["status"], s["reason"]) for s in result["series"] if s["status"] != "done"]
+    markdown = "\n".join([
+        "# PACS sync", "",
+        f"**{counts['done']} segmented and stored**, {counts['skipped']} skipped, **{counts['failed']} failed**.", "",
+        f"Model: `{model['name']}` version {model['version']}", "", f"Summary: `{result['summary']}`", "",
+        _table_md(["series", "status", "reason"], rows[:MAX_ROWS]) if rows else "Every series was segmented."])
+    _safely(lambda: create_markdown_artifact(markdown, key="pacs-sync-report", description="PACS sync outcome"),
+            "pacs-sync report")
 
 
 # ----------------------------------------------------------------------------------------------- retrain
@@ -156,7 +181,7 @@ def report_retrain(result: dict[str, Any]) -> None:
     markdown = "\n".join([
         "# Retrain", "",
         (f"**Test Dice: {dice:.4f}**" if isinstance(dice, float) else f"Test Dice: {dice}")
-        + f" over {evaluate.get('cases', '?')} held-out cases", "",
+        + _object_scores(evaluate) + f" over {evaluate.get('cases', '?')} held-out cases", "",
         f"**Model version {result.get('version')}: {decision}** — {result.get('reason', '')}", "",
         f"MLflow: tracking URI `{uri}`, experiment `{experiment}`, run `{run_id}`"
         + (f" — [open the run]({link})" if link else ""), "",

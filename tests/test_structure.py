@@ -17,7 +17,7 @@ from tests.conftest import REPO
 
 PACKAGES = ("flows", "tasks", "monai_ext")
 SHARED = ("tasks.common", "tasks.imaging")
-STAGES = ("tasks.ingest", "tasks.preprocess", "tasks.training", "tasks.evaluation", "tasks.inference",
+STAGES = ("tasks.ingest", "tasks.preprocess", "tasks.training", "tasks.evaluation", "tasks.inference", "tasks.pacs",
           "tasks.tracking", "tasks.serving")
 
 

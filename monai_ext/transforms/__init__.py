@@ -1,5 +1,6 @@
-"""Transforms the U-Net papers rely on that MONAI lacks: paper weight maps and elastic deformation."""
+"""Transforms the U-Net papers rely on that MONAI lacks: paper weight maps, elastic deformation, border-core targets."""
 
+from .border_core import border_core_labels, core_instances, fold_border, object_rims
 from .elastic import RandUNetElasticd, coarse_to_dense_displacement, interpolation_order, warp
 from .weight_maps import (
     UNetWeightMapd,
@@ -11,6 +12,10 @@ from .weight_maps import (
 )
 
 __all__ = [
+    "border_core_labels",
+    "core_instances",
+    "fold_border",
+    "object_rims",
     "RandUNetElasticd",
     "UNetWeightMapd",
     "border_cutoff_distance",

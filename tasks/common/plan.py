@@ -27,6 +27,10 @@ JSON form (``plan.json``, ``Plan.model_dump(mode="json")``)::
                                               # instancesTr/ or data.instance_labels) | "connected_components"
                                               # (none given: each class split into its connected components,
                                               # so touching objects of one class count as one) | null (no maps)
+     "border_core": true, "border_thickness": 1,   # instance maps given: trained on a border-core target (each
+                                              # object's rim, this many voxels, an extra output channel that
+                                              # inference folds back into its class and floods the watershed
+                                              # with; monai_ext.transforms.border_core) | false: the classes
      "target_spacing": [0.7, 0.7, 4.25],     # mm, dataset (RAS) axis order: nnU-Net v2's rule (per-axis median;
                                               # an anisotropic coarse axis at its 10th percentile) or the
                                               # preprocess.target_spacing override; every case is resampled to it
@@ -134,6 +138,10 @@ class Plan(_Frozen):
     version: int = PLAN_VERSION
     spatial_dims: Literal[2, 3]
     in_channels: int = Field(gt=0)
+    #: each input channel's modality as the dataset named it (a DICOM Modality such as CT or MR, or
+    #: dataset.json's channel names); empty in plans from before it was recorded. ``pacs-sync`` segments only
+    #: series of this modality.
+    channel_modalities: tuple[str, ...] = ()
     num_classes: int = Field(gt=1)
     label_names: dict[str, int]
     normalization: Normalization
@@ -144,6 +152,8 @@ class Plan(_Frozen):
     memory: dict[str, Any] | None = None
     weight_maps: bool = False
     weight_map_objects: Literal["instances", "connected_components"] | None = None
+    border_core: bool = False
+    border_thickness: int = Field(1, ge=1)
     target_spacing: tuple[float, ...] | None = None
     fingerprint: dict[str, Any] | None = None
     split: Split
@@ -192,6 +202,12 @@ class Plan(_Frozen):
                              f"patch_size {list(self.patch_size)}")
 
     @property
+    def output_channels(self) -> int:
+        """The network's output channels: the classes, plus the border class of a border-core target
+        (``monai_ext.transforms.border_core``; folded back into the classes at prediction)."""
+        return self.num_classes + int(self.border_core)
+
+    @property
     def valid_margin(self) -> tuple[int, ...] | None:
         """Voxels per side a valid-padding network loses (input tile − output tile) / 2; None: same padding."""
         if self.output_size is None:
@@ -227,5 +243,5 @@ def build_model(plan: Plan) -> nn.Module:
 
     spec = plan.network
     topology = {"strides": spec.strides, "kernel_sizes": spec.kernel_sizes} if spec.strides is not None else {}
-    return build_network(spec.name, plan.spatial_dims, plan.in_channels, plan.num_classes,
+    return build_network(spec.name, plan.spatial_dims, plan.in_channels, plan.output_channels,
                          features=spec.features, norm=spec.norm, **topology, **spec.options)

@@ -17,10 +17,12 @@ from tasks.config.sections import (
     DataConfig,
     InferConfig,
     ModelConfig,
+    PacsConfig,
     PreprocessConfig,
     TrackingConfig,
     TrainConfig,
 )
 
-__all__ = ["AugmentConfig", "ConfigError", "DataConfig", "InferConfig", "ModelConfig", "Params", "PreprocessConfig",
-           "TrackingConfig", "TrainConfig", "apply_overrides", "load_params", "parse_override", "validate_params"]
+__all__ = ["AugmentConfig", "ConfigError", "DataConfig", "InferConfig", "ModelConfig", "PacsConfig", "Params",
+           "PreprocessConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "load_params", "parse_override",
+           "validate_params"]

@@ -17,6 +17,7 @@ from tasks.config.sections import (
     DataConfig,
     InferConfig,
     ModelConfig,
+    PacsConfig,
     PreprocessConfig,
     Section,
     TrackingConfig,
@@ -31,6 +32,7 @@ class Params(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    pacs: PacsConfig = Field(default_factory=PacsConfig)
 
     @model_validator(mode="after")
     def _weighted_loss_has_weights(self) -> Params:

@@ -6,6 +6,7 @@ options); rules that tie sections together live on :class:`~tasks.config.params.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -98,6 +99,10 @@ class PreprocessConfig(Section):
     ``runner``: ``threads`` (``workers`` threads) or ``dask`` (``workers`` local processes, or the
     cluster at ``dask_address``; needs the ``dask`` extra); weight maps are pure Python/NumPy work
     that threads share under the GIL, so a large dataset gains from processes.
+    ``border_core`` (``auto``: when every case has an instance map) trains on nnU-Net's border-core target:
+    each object's rim, ``border_thickness`` voxels, is an extra class, so touching objects have apart cores to
+    seed a watershed from (``monai_ext.transforms.border_core``); the weight maps' border term then measures
+    the cores. Inference folds the rim back into its class: the masks keep their meaning.
     """
 
     output_dir: str = "outputs/preprocessed"
@@ -106,6 +111,8 @@ class PreprocessConfig(Section):
     sigma: float = Field(5.0, gt=0.0)
     sigma_units: Literal["voxels", "mm"] = "voxels"
     class_weights: Literal["balanced", "none"] = "balanced"
+    border_core: bool | Literal["auto"] = "auto"
+    border_thickness: int = Field(1, ge=1)
     normalization: Literal["auto", "zscore", "ct", "none"] = "auto"
     weight_map_cache: str = "outputs/cache/weight_maps"
     intensity_samples: int = Field(10000, gt=0)
@@ -228,6 +235,9 @@ class TrainConfig(Section):
     ``patch_size`` and ``batch_size`` (null: planned) and ``memory_budget_gb`` are read by *preprocess*: the
     plan fits the patch and the batch to the budget (default: a GPU of 8 GB, nnU-Net's reference), measured
     on CUDA and estimated from activation sizes elsewhere (``tasks.preprocess.memory_budget``).
+    ``keep_best_by``: the validation score the kept weights are the best by; ``auto`` is object F1 (IoU 0.5) when
+    every validation case has an instance map (a model that merges touching cells can have the best Dice),
+    Dice otherwise.
     """
 
     output_dir: str = "outputs/model"
@@ -248,6 +258,7 @@ class TrainConfig(Section):
     loss: str = "wce"
     loss_options: dict[str, Any] = Field(default_factory=dict)
     val_every: int = Field(1, gt=0)
+    keep_best_by: Literal["auto", "dice", "object_f1", "pq"] = "auto"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -320,3 +331,58 @@ class TrackingConfig(Section):
     # the object F1 at IoU 0.5 or the panoptic quality (tasks/evaluation/object_metrics.py). The object scores
     # need instance maps in the test cases; without them no candidate is promoted and the reason says why.
     promote_on: Literal["test_dice", "object_f1", "pq"] = "test_dice"
+
+
+class PacsConfig(Section):
+    """``unetflow pacs-sync``: segment new series of a PACS and store the results back (``tasks.pacs``).
+
+    One transport: ``url``, a DICOMweb root (``http://127.0.0.1:8042/dicom-web``), or ``dimse``,
+    ``HOST:PORT:AET`` of the PACS (C-FIND, C-GET, C-STORE as ``calling_aet``, which the PACS must know).
+    Filters: ``study_date`` (``YYYYMMDD-YYYYMMDD``, inclusive), ``modality``, ``series_description`` (a regex);
+    the model's own modality and dimensionality are checked as well. ``model_uri`` (null: ``infer.model_uri``,
+    then the champion). Credentials never live here (unknown keys are refused): ``UNETFLOW_PACS_TOKEN`` or
+    ``UNETFLOW_PACS_USER`` + ``UNETFLOW_PACS_PASSWORD`` (prefix ``credentials_env``), or the Prefect Secret block
+    ``credentials_block`` (a token, or ``{"user": …, "password": …}``). ``work_dir`` holds the state and the
+    pseudonymous results; ``retries``/``backoff_s``/``timeout_s`` how long an unreachable PACS is waited for.
+    """
+
+    url: str | None = None
+    dimse: str | None = None
+    calling_aet: str = Field("UNETFLOW", min_length=1, max_length=16)
+    model_uri: str | None = None
+    study_date: str | None = None
+    modality: str | None = None
+    series_description: str | None = None
+    work_dir: str = "outputs/pacs"
+    verify_tls: bool = True
+    credentials_env: str = "UNETFLOW_PACS"
+    credentials_block: str | None = None
+    retries: int = Field(4, ge=1)
+    backoff_s: float = Field(1.0, ge=0.0)
+    timeout_s: float = Field(30.0, gt=0.0)
+
+    @field_validator("study_date")
+    @classmethod
+    def _date_range(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d{8}(-\d{8})?", value):
+            raise ValueError(f"study_date must be YYYYMMDD-YYYYMMDD or YYYYMMDD, got {value!r}")
+        return value
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"series_description is not a regular expression: {error}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> PacsConfig:
+        if self.url and self.dimse:
+            raise ValueError("pacs: give url (DICOMweb) or dimse (HOST:PORT:AET), not both")
+        if self.url and "@" in self.url.split("//", 1)[-1].split("/", 1)[0]:
+            raise ValueError("pacs.url must not hold credentials: use UNETFLOW_PACS_TOKEN / _USER / _PASSWORD "
+                             "or pacs.credentials_block")
+        return self

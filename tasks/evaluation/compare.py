@@ -85,7 +85,7 @@ def compare_variants(params: Params, root: Path, variants: list[str], params_fil
             model, plan = load_model(result.checkpoint)
             dataset = root / params.data.dataset_dir
             scored = score_cases(model.to(device), plan, dataset, test_cases(dataset, plan), params.infer.overlap,
-                                 device)
+                                 device, params.infer.instances)
             test_dice, test_iou = summarize(scored)
             objects = summarize_objects(scored)  # empty without instance maps
             with mlflow.start_run(run_id=result.run_id, nested=True):

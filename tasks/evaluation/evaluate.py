@@ -34,7 +34,8 @@ from tasks.common.plan import Plan
 from tasks.config import Params
 from tasks.evaluation.metrics import dice_per_class, hd95_per_class, iou_per_class
 from tasks.evaluation.object_metrics import THRESHOLDS, case_object_row, class_object_scores
-from tasks.inference.native_grid import predict_native_labels
+from tasks.inference.instances import instances_from_labels, measured_method
+from tasks.inference.native_grid import predict_native
 from tasks.inference.unetpp_modes import model_for_mode, unetpp_levels
 from tasks.preprocess.cases import load_case_arrays
 from tasks.tracking.model_package import load_model
@@ -70,15 +71,18 @@ def native_case(dataset_dir: Path, case: dict, plan: Plan) -> dict:
 
 
 def score_cases(model: torch.nn.Module, plan: Plan, dataset_dir: Path, cases: list[dict], overlap: float,
-                device: torch.device) -> list[dict]:
+                device: torch.device, instance_method: str = "none") -> list[dict]:
     """Per-case test metrics on each case's native grid, one case in memory at a time: mean foreground Dice,
     IoU and HD95 (mm), Dice per class, relative volume error, and the seconds the prediction took; with an
-    instance map, the object scores too (:func:`~tasks.evaluation.object_metrics.case_object_row`)."""
+    instance map, the object scores too (:func:`~tasks.evaluation.object_metrics.case_object_row`) of the
+    objects inference would write (``instance_method``, or what suits the model:
+    :func:`~tasks.inference.instances.measured_method`)."""
+    method = measured_method(plan.border_core, instance_method)
     rows = []
     for case in cases:
         item = native_case(dataset_dir, case, plan)
         started = time.perf_counter()
-        prediction = predict_native_labels(model, plan, item["image"], item["spacing"], overlap=overlap, device=device)
+        prediction, border = predict_native(model, plan, item["image"], item["spacing"], overlap=overlap, device=device)
         seconds = time.perf_counter() - started  # the labels are on the CPU: the device's work is done
         truth = item.pop("label")[0]
         dice = dice_per_class(prediction, truth, plan.num_classes)
@@ -86,8 +90,9 @@ def score_cases(model: torch.nn.Module, plan: Plan, dataset_dir: Path, cases: li
         hd95 = hd95_per_class(prediction, truth, plan.num_classes, item.get("spacing"))
         true_volume = int((truth > 0).sum())
         instances = item.pop("instances", None)
-        objects = {} if instances is None else case_object_row(
-            class_object_scores(prediction, truth, instances, plan.num_classes))
+        objects = {} if instances is None else case_object_row(class_object_scores(
+            prediction, truth, instances, plan.num_classes, instances_from_labels(
+                prediction, method, spacing=item["spacing"], border_probability=border).ids))
         rows.append({"case_id": item["case_id"], "dice": float(np.mean(list(dice.values()))),
                      "iou": float(np.mean(list(iou.values()))), "hd95": float(np.nanmean(list(hd95.values())))
                      if not all(np.isnan(list(hd95.values()))) else float("nan"),
@@ -175,7 +180,7 @@ def evaluate_model(params: Params, root: Path, model_dir: Path | None = None,
     device = resolve_device(params.train.device, "train.device")
     dataset = root / params.data.dataset_dir
     cases = test_cases(dataset, plan)
-    rows = score_cases(model.to(device), plan, dataset, cases, params.infer.overlap, device)
+    rows = score_cases(model.to(device), plan, dataset, cases, params.infer.overlap, device, params.infer.instances)
     test_dice, test_iou = summarize(rows)
     objects = summarize_objects(rows)
     levels = score_unetpp_levels(model, plan, dataset, cases, params.infer.overlap, device)

@@ -42,23 +42,33 @@ def predict_on_native_grid(model: nn.Module, plan: Plan, image: np.ndarray, spac
     native_shape = tuple(int(s) for s in image.shape[1:])
     target = resampling_target(native_shape, spacing, plan.target_spacing)
     if target is None:
-        return predict_windows(model, image, settings, device, with_class=with_class)
+        return predict_windows(model, image, settings, device, with_class, plan.num_classes)
     assert spacing is not None
     native = tuple(float(s) for s in spacing[:len(native_shape)])
-    prediction = predict_windows(model, resample_image(image, native, target), settings, device, with_class=with_class)
+    prediction = predict_windows(model, resample_image(image, native, target), settings, device, with_class,
+                                 plan.num_classes)
 
     def back(volume: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(resample_probabilities(volume.float().cpu().numpy(), target, native, native_shape))
 
     return WindowedPrediction(probabilities=back(prediction.probabilities),
                               presence=None if prediction.presence is None else back(prediction.presence),
-                              window_probabilities=prediction.window_probabilities)
+                              window_probabilities=prediction.window_probabilities,
+                              border=None if prediction.border is None else back(prediction.border))
+
+
+def predict_native(model: nn.Module, plan: Plan, image: np.ndarray, spacing: Sequence[float] | None,
+                   overlap: float = 0.25, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
+    """The argmax label map on the image's own grid, through the windows batch inference uses (no TTA, no
+    CGM gate): what evaluation scores, so test metrics are those of ``unetflow infer``'s masks; and a
+    border-core network's rim probability there (else None), for the instances inference would write."""
+    settings = WindowSettings(roi_size=tuple(plan.patch_size), overlap=overlap, amp=False, stitch_device="cpu")
+    prediction = predict_on_native_grid(model, plan, image, spacing, settings, device, with_class=False)
+    border = None if prediction.border is None else prediction.border[0].numpy()
+    return prediction.probabilities.argmax(0).to(torch.uint8).numpy(), border
 
 
 def predict_native_labels(model: nn.Module, plan: Plan, image: np.ndarray, spacing: Sequence[float] | None,
                           overlap: float = 0.25, device: torch.device | str = "cpu") -> np.ndarray:
-    """The argmax label map on the image's own grid, through the windows batch inference uses (no TTA, no
-    CGM gate): what evaluation scores, so test metrics are those of ``unetflow infer``'s masks."""
-    settings = WindowSettings(roi_size=tuple(plan.patch_size), overlap=overlap, amp=False, stitch_device="cpu")
-    prediction = predict_on_native_grid(model, plan, image, spacing, settings, device, with_class=False)
-    return prediction.probabilities.argmax(0).to(torch.uint8).numpy()
+    """:func:`predict_native`'s label map alone."""
+    return predict_native(model, plan, image, spacing, overlap, device)[0]

@@ -34,6 +34,7 @@ from tasks.common.hashing import json_digest
 from tasks.common.normalization import normalize, to_channel_first
 from tasks.common.plan import Plan
 from tasks.config import DataConfig, InferConfig
+from tasks.inference.dicom_seg import SegIdentity
 from tasks.inference.inputs import InferCase
 from tasks.inference.instances import Instances, instances_from_labels, object_table
 from tasks.inference.native_grid import model_space_spacing, predict_on_native_grid
@@ -116,10 +117,14 @@ def _plan_checks(canonical: np.ndarray, plan: Plan, name: str) -> None:
         raise ValueError(f"{name}: {channels} channel(s), the model expects {plan.in_channels}")
 
 
+Predicted = tuple[np.ndarray, "np.ndarray | None", dict[str, Any], FilterReport]
+
+
 def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, spacing: tuple[float, ...], settings: InferSettings,
-             device: torch.device) -> tuple[np.ndarray, dict[str, Any], FilterReport]:
-    """Labels on the canonical grid (of voxel size ``spacing``), the CGM record and what the CGM gate removed;
-    the network sees the image on the plan's target spacing (:mod:`tasks.inference.native_grid`)."""
+             device: torch.device) -> Predicted:
+    """Labels on the canonical grid (of voxel size ``spacing``), a border-core network's rim probability there
+    (else None), the CGM record and what the CGM gate removed; the network sees the image on the plan's
+    target spacing (:mod:`tasks.inference.native_grid`)."""
     dims = plan.spatial_dims
     window = WindowSettings(roi_size_for(plan, settings.roi_size), settings.overlap, settings.sw_batch_size,
                             settings.mirror_tta, settings.amp, settings.stitch_device)
@@ -127,23 +132,27 @@ def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, spacing: tuple
     record: dict[str, Any] = {"available": cgm, "applied": cgm and settings.cgm_filter,
                               "threshold": settings.cgm_threshold}
     if dims == 2:  # each 2D image (or slice of a volume) on its own, as in training
-        slices, probabilities = [], []
+        slices, rims, probabilities = [], [], []
         for z in range(canonical.shape[2]):
             image = to_channel_first(normalize(canonical[:, :, z:z + 1].astype(np.float32), plan.normalization), 2)
             prediction = predict_on_native_grid(model, plan, image, spacing[:2], window, device)
             slices.append(prediction.probabilities.argmax(0).to(torch.uint8).numpy())
+            if prediction.border is not None:
+                rims.append(prediction.border[0].numpy())
             if prediction.window_probabilities:
                 probabilities.append(max(prediction.window_probabilities))
         labels = np.stack(slices, axis=-1)
+        border = np.stack(rims, axis=-1) if rims else None
         record.update(level="image" if canonical.shape[2] == 1 else "slice",
                       probabilities=[round(p, 6) for p in probabilities])
         if cgm and settings.cgm_filter:
             labels, report = gate_images(labels, probabilities, settings.cgm_threshold)
-            return labels, record, report
-        return labels, record, FilterReport()
+            return labels, border, record, report
+        return labels, border, record, FilterReport()
     image = to_channel_first(normalize(canonical.astype(np.float32), plan.normalization), 3)
     prediction = predict_on_native_grid(model, plan, image, spacing, window, device)
     labels = prediction.probabilities.argmax(0).to(torch.uint8).numpy()
+    border = None if prediction.border is None else prediction.border[0].numpy()
     del image
     record["level"] = "window"
     if prediction.window_probabilities:
@@ -153,13 +162,16 @@ def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, spacing: tuple
                              "mean": round(float(p.mean()), 6)}
     if cgm and settings.cgm_filter and prediction.presence is not None:
         labels, report = gate_voxels(labels, prediction.presence[0].numpy(), settings.cgm_threshold)
-        return labels, record, report
-    return labels, record, FilterReport()
+        return labels, border, record, report
+    return labels, border, record, FilterReport()
 
 
 def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path, settings: InferSettings,
-                 device: torch.device | None = None) -> dict[str, Any]:
-    """Segment one case and write its outputs; returns the report (also written as ``<case>.json``)."""
+                 device: torch.device | None = None, seg_identity: SegIdentity | None = None) -> dict[str, Any]:
+    """Segment one case and write its outputs; returns the report (also written as ``<case>.json``).
+
+    ``seg_identity`` names the DICOM SEG (UIDs, algorithm, series description) where the caller must know them
+    beforehand: ``pacs-sync`` asks the PACS for exactly these UIDs to store a result only once."""
     device = device or settings.torch_device()
     model = model_for_mode(model, plan, settings.prune_level, settings.unetpp_heads)  # refused before any reading
     name = shown_name(Path(settings.input_root)) if settings.input_root else shown_name(case.files[0].parent)
@@ -171,7 +183,8 @@ def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path
     timings["read"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    labels, cgm, cgm_report = _predict(model, plan, canonical, model_space_spacing(study.affine), settings, device)
+    labels, border, cgm, cgm_report = _predict(model, plan, canonical, model_space_spacing(study.affine), settings,
+                                               device)
     del canonical
     timings["predict"] = time.perf_counter() - clock
 
@@ -181,7 +194,9 @@ def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path
         labels, lcc = keep_largest_component(labels)
     found = None
     if settings.instances != "none":
-        found = instances_from_labels(labels, settings.instances, spacing=model_space_spacing(study.affine))
+        found = instances_from_labels(labels, settings.instances, spacing=model_space_spacing(study.affine),
+                                      border_probability=border)
+    del border
     labels = to_input_space(labels, study.affine)
     timings["postprocess"] = time.perf_counter() - clock
 
@@ -193,7 +208,8 @@ def segment_case(model: nn.Module, plan: Plan, case: InferCase, output_dir: Path
         instance_report = _write_instances(Path(outputs["instances"]), found, study, plan, settings.instances)
     seg_error: str | None = None
     if study.series is not None and settings.dicom_seg:
-        seg_error = _write_seg(output_dir / f"{case.case_id}.seg.dcm", labels, study, plan, settings, case, name)
+        seg_error = _write_seg(output_dir / f"{case.case_id}.seg.dcm", labels, study, plan, settings, case, name,
+                               seg_identity)
         if seg_error is None:
             outputs["seg"] = str(output_dir / f"{case.case_id}.seg.dcm")
     timings["write"] = time.perf_counter() - clock
@@ -242,7 +258,7 @@ def _write_instances(path: Path, found: Instances, study: LoadedStudy, plan: Pla
 
 
 def _write_seg(path: Path, labels: np.ndarray, study: LoadedStudy, plan: Plan, settings: InferSettings,
-               case: InferCase, name: Callable[[Path], str]) -> str | None:
+               case: InferCase, name: Callable[[Path], str], identity: SegIdentity | None = None) -> str | None:
     """Write the case's DICOM SEG; None when written, else why not (the mask stands, the case is done).
 
     Only :class:`~tasks.inference.dicom_seg.SegUnavailable` (the sources cannot give a SEG) is caught:
@@ -253,7 +269,7 @@ def _write_seg(path: Path, labels: np.ndarray, study: LoadedStudy, plan: Plan, s
     assert study.series is not None
     try:
         write_dicom_seg(path, labels.reshape(study.series.shape), study.series.files, plan.label_names,
-                        plan.num_classes, settings.model_id or "1", name)
+                        plan.num_classes, settings.model_version or settings.model_id or "1", name, identity)
         return None
     except SegUnavailable as error:
         path.unlink(missing_ok=True)  # an earlier run's SEG would contradict this mask

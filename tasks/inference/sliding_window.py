@@ -10,6 +10,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from monai_ext.networks import cgm_probability
+from monai_ext.transforms.border_core import fold_border
 from tasks.common.plan import Plan
 from tasks.inference.overlap_tile import output_tile, overlap_tile_inference
 
@@ -37,11 +38,14 @@ class WindowedPrediction:
     ``presence`` is the Gaussian blend of the windows' "foreground present" probabilities, ``1×…``
     (so a voxel's gate follows the windows that cover it, weighted like its segmentation);
     ``window_probabilities`` lists each window's probability in the order MONAI ran them.
+    ``border`` (``1×…``): a border-core network's rim probability, already folded into ``probabilities``
+    (:func:`monai_ext.transforms.fold_border`), kept for the watershed that splits touching objects.
     """
 
     probabilities: torch.Tensor
     presence: torch.Tensor | None = None
     window_probabilities: list[float] = field(default_factory=list)
+    border: torch.Tensor | None = None
 
 
 def has_cgm(model: nn.Module) -> bool:
@@ -67,7 +71,8 @@ def _stitch_device(device: torch.device, channels: int, spatial: tuple[int, ...]
 
 @torch.no_grad()
 def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings: WindowSettings,
-                    device: torch.device | str = "cpu", with_class: bool = True) -> WindowedPrediction:
+                    device: torch.device | str = "cpu", with_class: bool = True,
+                    num_classes: int | None = None) -> WindowedPrediction:
     """Sliding windows (MONAI, Gaussian blending, ``sw_batch_size`` windows per pass) over ``C×…``.
 
     Windows run on ``device``; the blended volume lives where :func:`_stitch_device` puts it (the CPU
@@ -77,6 +82,7 @@ def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings
     A valid-padding network (output smaller than its window) runs overlap-tile instead
     (:mod:`tasks.inference.overlap_tile`): ``roi_size`` is then its input tile, the image is mirrored by
     the margin and each window's output tile lands in its place, so the result still has the image's size.
+    ``num_classes`` (the plan's): a network with one channel more is a border-core one, its rim folded back.
     """
     device = torch.device(device)
     tensor = torch.as_tensor(image, dtype=torch.float32)[None]
@@ -121,19 +127,23 @@ def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings
     else:  # valid padding: output tiles smaller than the windows, the image mirrored by the margin
         output = overlap_tile_inference(tensor, settings.roi_size, out_tile, predictor, settings.overlap,
                                         settings.sw_batch_size, device, stitch)
+    presence = None
     if isinstance(output, tuple):
-        return WindowedPrediction(output[0][0].float().cpu(), output[1][0].float().cpu(), window_probabilities)
-    return WindowedPrediction(output[0].float().cpu())
+        output, presence = output[0], output[1][0].float().cpu()
+    probabilities, border = output[0].float().cpu(), None
+    if num_classes is not None:
+        probabilities, border = fold_border(probabilities, num_classes)
+    return WindowedPrediction(probabilities, presence, window_probabilities, border)
 
 
 def predict_labels(model: nn.Module, image: np.ndarray | torch.Tensor, roi_size: tuple[int, ...],
                    overlap: float = 0.25, sw_batch_size: int = 4,
-                   device: torch.device | str = "cpu") -> np.ndarray:
+                   device: torch.device | str = "cpu", num_classes: int | None = None) -> np.ndarray:
     """The argmax label map through the same windows as batch inference (no TTA, no CGM gate).
 
     Validation and test metrics are thereby measured on exactly what ``unetflow infer`` produces.
     """
     settings = WindowSettings(roi_size=tuple(roi_size), overlap=overlap, sw_batch_size=sw_batch_size, amp=False,
                               stitch_device="cpu")
-    probabilities = predict_windows(model, image, settings, device, with_class=False).probabilities
-    return probabilities.argmax(0).to(torch.uint8).numpy()
+    return predict_windows(model, image, settings, device, False, num_classes).probabilities.argmax(0).to(
+        torch.uint8).numpy()

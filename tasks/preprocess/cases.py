@@ -1,4 +1,4 @@
-"""One canonical case → ``cases/<id>/`` (memory-mappable image, label, weight map), as training reads it.
+"""One canonical case → ``cases/<id>/`` (memory-mappable image, label, instances, weight map), as training reads it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from monai_ext.transforms.border_core import border_core_labels, core_instances
 from tasks.common.normalization import normalize, to_channel_first
 from tasks.common.plan import Plan
 from tasks.config import PreprocessConfig
@@ -49,9 +50,35 @@ class CaseGrid:
         return [*self.target, *full[len(self.target):]]
 
 
+def _case_weight_map(arrays: dict[str, np.ndarray], instances: np.ndarray | None, case: dict, plan: Plan,
+                     config: PreprocessConfig, grid: CaseGrid, cache_dir: Path) -> tuple[np.ndarray, bool]:
+    """The case's weight map (1×…) and whether it came from the cache.
+
+    The plan says which objects the border term separates; a case follows it, never its own guess. With a
+    border-core target the objects are the cores and ``w_c`` balances background, classes and rims, so the
+    rims between touching objects — the target's background-like separators — get the paper's weight.
+    """
+    dims = plan.spatial_dims
+    given = instances if plan.weight_map_objects == "instances" else None
+    label_xyz = arrays["label"][0] if dims == 3 else arrays["label"][0][..., None]
+    key = case["sha256"]["label"] + (case["sha256"].get("instances", "") if given is not None else "")
+    if grid.resample:  # a map of the resampled label: its grid is part of what it depends on
+        key += f"@{list(grid.target)}"
+    if given is not None and plan.border_core:
+        label_xyz = arrays["target"][0] if dims == 3 else arrays["target"][0][..., None]
+        given = core_instances(given, label_xyz, plan.num_classes)
+        key += f"#border-core{plan.border_thickness}"
+    weights, cached = cached_weight_map(given if given is not None else label_xyz, key,
+                                        grid.distance_spacing(case), config, cache_dir, dims,
+                                        labels_are_instances=given is not None,
+                                        classes=label_xyz if given is not None else None)
+    return to_channel_first(weights, dims), cached
+
+
 def preprocess_case(dataset_dir: Path, case: dict, plan: Plan, config: PreprocessConfig,
                     output_dir: Path, cache_dir: Path) -> dict[str, Any]:
-    """Write ``cases/<id>/``: image (C×…), label (1×…) and weight (1×…), on the plan's target spacing.
+    """Write ``cases/<id>/``: image (C×…), label (1×…), instances (1×…, when given), the border-core target
+    (1×…, when planned) and weight (1×…), on the plan's target spacing.
 
     Normalised first, then resampled (nnU-Net v2's order); labels keep every class (one put back where it
     would vanish is reported as ``restored_classes``), instance maps go by nearest neighbour, and the
@@ -70,19 +97,14 @@ def preprocess_case(dataset_dir: Path, case: dict, plan: Plan, config: Preproces
         if instances is not None:
             instances = resample_instances(to_channel_first(instances, dims), grid.spacing, grid.target)
             instances = instances[0] if dims == 3 else instances[0][..., None]
+    if instances is not None:  # object-level validation
+        arrays["instances"] = to_channel_first(np.asarray(instances).astype(np.int32), dims)
+        if plan.border_core:  # what training reads instead of the label (tasks.training.data_loader)
+            arrays["target"] = border_core_labels(arrays["label"], arrays["instances"], plan.num_classes,
+                                                  plan.border_thickness)
     cached = None
     if config.weight_maps:
-        # The plan says which objects the border term separates; a case follows it, never its own guess.
-        given = instances if plan.weight_map_objects == "instances" else None
-        label_xyz = arrays["label"][0] if dims == 3 else arrays["label"][0][..., None]
-        key = case["sha256"]["label"] + (case["sha256"].get("instances", "") if given is not None else "")
-        if grid.resample:  # a map of the resampled label: its grid is part of what it depends on
-            key += f"@{list(grid.target)}"
-        weights, cached = cached_weight_map(given if given is not None else label_xyz, key,
-                                            grid.distance_spacing(case), config, cache_dir, dims,
-                                            labels_are_instances=given is not None,
-                                            classes=label_xyz if given is not None else None)
-        arrays["weight"] = to_channel_first(weights, dims)
+        arrays["weight"], cached = _case_weight_map(arrays, instances, case, plan, config, grid, cache_dir)
     write_case(output_dir, case["case_id"], arrays)  # cases/<id>/*.npy + class locations, marker last
     return {"case_id": case["case_id"], "weight_map_cached": cached, "resampled": grid.resample,
             "shape": [int(v) for v in arrays["label"].shape[1:]], "restored_classes": [int(c) for c in restored]}

@@ -126,7 +126,8 @@ def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, mo
                                                                if k != "padding"}})
     # The median case on the grid training will see (no spacings known: the shapes as stored).
     median = np.asarray(fingerprint["median_shape_resampled"] if fingerprint else np.median(shapes, axis=0))
-    fitted = fit_to_budget(network_factory(sized, spatial_dims, in_channels, num_classes), BudgetRequest(
+    border = border_core(manifest, preprocess.border_core)
+    fitted = fit_to_budget(network_factory(sized, spatial_dims, in_channels, num_classes + int(border)), BudgetRequest(
         spacing=tuple(target_spacing or (1.0,) * 3)[:spatial_dims],
         median_shape=tuple(float(v) for v in median[:spatial_dims]),
         dataset_voxels=float(np.prod(median)) * len(shapes),
@@ -137,14 +138,18 @@ def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, mo
     patch, output_size = list(fitted.patch), None
     if model.options.get("padding") == "valid":
         patch, output_size = _valid_tiles(fitted, train.patch_size)
+    modalities = channel_modalities(manifest)
     return Plan(
         spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
+        channel_modalities=tuple(modalities) if isinstance(modalities, list) else (modalities,) * in_channels
+        if modalities else (),
         label_names=manifest["labels"],
         normalization=normalization_from(stats, preprocess.normalization, channel_modalities(manifest)),
         intensity_statistics=IntensityStatistics(cases=split.train, channels=tuple(stats)),
         patch_size=tuple(patch), output_size=None if output_size is None else tuple(output_size),
         batch_size=fitted.batch_size, memory=memory_record(fitted, train.memory_budget_gb),
         weight_maps=preprocess.weight_maps, weight_map_objects=weight_map_objects(manifest, preprocess.weight_maps),
+        border_core=border, border_thickness=preprocess.border_thickness,
         target_spacing=target_spacing, fingerprint=fingerprint, split=split,
         network=network_spec(model, fitted.topology),
     )
@@ -199,6 +204,16 @@ def weight_map_objects(manifest: dict, weight_maps: bool) -> Literal["instances"
     if manifest["cases"] and all("instances" in case["files"] for case in manifest["cases"]):
         return "instances"
     return "connected_components"
+
+
+def border_core(manifest: dict, choice: bool | str) -> bool:
+    """Whether training uses the border-core target: ``auto`` when every case has an instance map (the rims
+    come from them); ``true`` without them is refused, there would be no objects to draw rims around."""
+    every = bool(manifest["cases"]) and all("instances" in case["files"] for case in manifest["cases"])
+    if choice is True and not every:
+        raise ValueError("preprocess.border_core: true needs an instance map for every case (instancesTr/ or "
+                         "data.instance_labels); use auto or false")
+    return every if choice == "auto" else bool(choice)
 
 
 def write_plan(output_dir: Path, plan: Plan) -> None:

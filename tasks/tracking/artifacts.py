@@ -157,7 +157,7 @@ def log_overlays(model: nn.Module, items: Iterable[dict], plan: Plan, prefix: st
     from tasks.inference.sliding_window import predict_labels
 
     for item in items:
-        prediction = predict_labels(model, item["image"], plan.patch_size)
+        prediction = predict_labels(model, item["image"], plan.patch_size, num_classes=plan.num_classes)
         image, truth, title = item["image"][0], item["label"][0], str(item["case_id"])
         if plan.spatial_dims == 3:
             middle = image.shape[-1] // 2

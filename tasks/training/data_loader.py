@@ -106,6 +106,31 @@ def data_keys(plan: Plan) -> list[str]:
     return ["image", "label", "weight"] if plan.weight_maps else ["image", "label"]
 
 
+def stored_keys(plan: Plan) -> list[str]:
+    """The case arrays a training sample is read from: a border-core plan trains on the stored ``target``
+    (the classes with each object's rim, ``monai_ext.transforms.border_core``), which :class:`TrainOnTargetd`
+    hands on as ``label``; the case's ``label`` keeps the true classes for validation."""
+    return ["target" if key == "label" and plan.border_core else key for key in data_keys(plan)]
+
+
+class TrainOnTargetd(MapTransform):
+    """``label`` ← the stored border-core ``target`` (computed with the weight map, on the whole image, so the
+    rims and the weights on them agree voxel for voxel and a patch's edge never draws a rim)."""
+
+    def __init__(self) -> None:
+        super().__init__(["target"], allow_missing_keys=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if "target" in d:
+            d["label"] = d.pop("target")
+        return d
+
+
+def on_target(plan: Plan) -> list[MapTransform]:
+    return [TrainOnTargetd()] if plan.border_core else []
+
+
 def _as_config(augment: AugmentConfig | bool | None) -> AugmentConfig:
     if isinstance(augment, AugmentConfig):
         return augment
@@ -228,7 +253,8 @@ def training_transforms(plan: Plan, augment: AugmentConfig | bool = True) -> Com
     keys = data_keys(plan)
     crop = _crop_size(plan, config)
     steps: list[Any] = [
-        LoadPreprocessedd(keys),
+        LoadPreprocessedd(stored_keys(plan)),
+        *on_target(plan),
         *elastic_context(config, keys),  # the image's own shape, before any padding: what the paper's grid spans
         *valid_padding_steps(plan, keys, crop),  # valid-padding U-Net: mirrored by its margin
         SpatialPadd(keys, spatial_size=crop),
@@ -255,11 +281,12 @@ def patch_dataset(records: list[dict[str, Any]], plan: Plan, augment: AugmentCon
     config = _as_config(augment)
     keys = data_keys(plan)
     # tensors in, as the in-memory pipeline hands its crops to the same augmentation
-    transform = Compose([EnsureTyped(keys, track_meta=False), *augmentation_transforms(plan, config, keys),
-                         EnsureTyped(keys, track_meta=False)])
+    transform = Compose([*on_target(plan), EnsureTyped(keys, track_meta=False),
+                         *augmentation_transforms(plan, config, keys), EnsureTyped(keys, track_meta=False)])
     extent = ELASTIC_EXTENT_KEY if elastic_context(config, keys) else None
     options = {} if foreground_fraction is None else {"foreground_fraction": foreground_fraction}
-    return PatchDataset(records, keys, _crop_size(plan, config), transform, plan.valid_margin, extent, **options)
+    return PatchDataset(records, stored_keys(plan), _crop_size(plan, config), transform, plan.valid_margin, extent,
+                        **options)
 
 
 def training_dataset(items: list[dict[str, Any]], plan: Plan,
@@ -268,10 +295,9 @@ def training_dataset(items: list[dict[str, Any]], plan: Plan,
     Otherwise (``memory``, or items already holding arrays, e.g. ``load_cases``) the in-memory pipeline,
     whose deterministic prefix ``CacheDataset`` computes once per case."""
     config = _as_config(augment)
-    keys = data_keys(plan)
     if config.loader_cache == "mmap" and all("image" not in item for item in items):
         return patch_dataset(items, plan, config)
-    data = [{key: item[key] for key in (*keys, "case_dir") if key in item} for item in items]
+    data = [{key: item[key] for key in (*stored_keys(plan), "case_dir") if key in item} for item in items]
     return CacheDataset(data, transform=training_transforms(plan, config), progress=False, num_workers=1)
 
 

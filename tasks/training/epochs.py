@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,9 @@ from torch import nn
 from tasks.common.plan import Plan
 from tasks.config import TrainConfig
 from tasks.evaluation.metrics import dice_per_class
-from tasks.inference.sliding_window import predict_labels
+from tasks.evaluation.object_metrics import case_object_row, class_object_scores
+from tasks.inference.instances import instances_from_labels, measured_method
+from tasks.inference.sliding_window import WindowSettings, predict_windows
 from tasks.training.valid_padding import crop_to_output
 
 
@@ -45,12 +48,31 @@ def run_epoch(model: nn.Module, loader: Any, loss_fn: nn.Module, optimizer: torc
     return float(np.mean(losses)) if losses else math.nan
 
 
-def validate(model: nn.Module, items: list[dict], plan: Plan, device: torch.device) -> dict[str, float]:
+def validate(model: nn.Module, items: Iterable[dict], plan: Plan, device: torch.device) -> dict[str, float]:
+    """Dice per class over the validation cases, whole, through the inference windows; where every case has an
+    instance map, object F1 (IoU ≥ 0.5) and PQ too, of the objects inference would write for this model
+    (:func:`~tasks.inference.instances.measured_method`): what the trainer keeps the best weights by."""
     scores: dict[int, list[float]] = {}
+    objects: list[dict[str, float | int]] | None = []
+    settings = WindowSettings(roi_size=tuple(plan.patch_size), amp=False, stitch_device="cpu")
+    spacing = None if plan.target_spacing is None else plan.target_spacing[:plan.spatial_dims]
     for item in items:
-        prediction = predict_labels(model, item["image"], plan.patch_size, device=device)
-        for cls, score in dice_per_class(prediction, item["label"][0], plan.num_classes).items():
+        prediction = predict_windows(model, item["image"], settings, device, False, plan.num_classes)
+        labels = prediction.probabilities.argmax(0).to(torch.uint8).numpy()
+        truth = np.asarray(item["label"])[0]
+        for cls, score in dice_per_class(labels, truth, plan.num_classes).items():
             scores.setdefault(cls, []).append(score)
+        if objects is None or item.get("instances") is None:
+            objects = None  # a case without instances: object scores would describe only some cases
+            continue
+        border = None if prediction.border is None else prediction.border[0].numpy()
+        found = instances_from_labels(labels, measured_method(plan.border_core), spacing=spacing,
+                                      border_probability=border)
+        objects.append(case_object_row(class_object_scores(labels, truth, np.asarray(item["instances"])[0],
+                                                           plan.num_classes, found.ids)))
     metrics = {f"val_dice_{cls}": float(np.mean(values)) for cls, values in scores.items()}
     metrics["val_dice"] = float(np.mean(list(metrics.values()))) if metrics else 0.0
+    if objects:
+        metrics["val_object_f1"] = float(np.mean([row["object_f1"] for row in objects]))
+        metrics["val_pq"] = float(np.mean([row["pq"] for row in objects]))
     return metrics

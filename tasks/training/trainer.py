@@ -31,6 +31,7 @@ from tasks.common.atomic import write_json
 from tasks.common.devices import resolve_device
 from tasks.common.plan import PLAN_FILE, Plan, build_model
 from tasks.config import Params
+from tasks.preprocess.case_store import read_properties
 from tasks.preprocess.planning import network_spec
 from tasks.tracking.artifacts import log_learning_curve, log_overlays, tracking_tags
 from tasks.tracking.model_package import load_checkpoint, log_and_register, save_checkpoint
@@ -46,6 +47,21 @@ from tasks.training.measures import count_parameters, peak_memory_mb
 from tasks.training.optim import make_loss, make_optimizer, make_scheduler
 
 log = logging.getLogger("unetflow.train")
+KEPT_BY = {"dice": "val_dice", "object_f1": "val_object_f1", "pq": "val_pq"}
+
+
+def kept_by(choice: str, val_items: list[dict[str, Any]]) -> str:
+    """The validation metric the best weights are kept by (``train.keep_best_by``): ``auto`` is object F1 when
+    every validation case has an instance map (touching cells counted apart is what such data is for), Dice
+    otherwise. Object metrics asked for without instance maps are refused before the first epoch."""
+    with_instances = bool(val_items) and all("instances" in read_properties(Path(item["case_dir"]))["arrays"]
+                                             for item in val_items)
+    if choice == "auto":
+        return "val_object_f1" if with_instances else "val_dice"
+    if choice != "dice" and not with_instances:
+        raise ValueError(f"train.keep_best_by: {choice} needs an instance map in every validation case "
+                         f"(instancesTr/ or data.instance_labels); use auto or dice")
+    return KEPT_BY[choice]
 
 
 @dataclass
@@ -62,16 +78,20 @@ class TrainResult:
     parameters: int
     peak_memory_mb: float
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
+    kept_by: str = "val_dice"
+    best_score: float = math.nan
 
 
 @dataclass
 class BestWeights:
-    """The best validation Dice so far, its epoch, and a CPU copy of the weights that reached it
-    (``None`` until a validation beats -1, so a run that never validated ends with its last weights)."""
+    """The best validation score so far (``kept_by``: ``val_dice``, ``val_object_f1`` or ``val_pq``), its
+    epoch, the validation Dice there, and a CPU copy of the weights that reached it (``None`` until a
+    validation beats -1, so a run that never validated ends with its last weights)."""
 
-    dice: float = -1.0
+    score: float = -1.0
     epoch: int = -1
     state: dict[str, torch.Tensor] | None = None
+    dice: float = -1.0
 
 
 def _progress() -> Any:
@@ -172,6 +192,7 @@ class Trainer:
         self.run_id: str | None = None  # the MLflow run: from the checkpoint when resuming, else set by fit
         self.history: list[dict[str, float]] = []
         self.best = BestWeights()
+        self.kept_by = "val_dice"
         self.stopped_early = False
         self.epoch_seconds: list[float] = []  # this process's epochs only: a resumed run's speed is its own
         self.forward: nn.Module = self.model
@@ -212,7 +233,8 @@ class Trainer:
             log.warning("--resume: train.epochs %d → %d: the schedule continues as one planned for %d epochs "
                         "(LR %.3g at epoch %d)", self.planned_epochs, self.config.epochs, self.config.epochs,
                         self.optimizer.param_groups[0]["lr"], self.start_epoch + 1)
-        self.best = BestWeights(state["best_dice"], state["best_epoch"], state["best_model"])
+        self.best = BestWeights(state.get("best_score", state["best_dice"]), state["best_epoch"], state["best_model"],
+                                state["best_dice"])
         # restored again once prepare_loop built the loader: MONAI's DataLoader re-seeds torch's RNG when built
         self.resumed_rng = (state["rng"], state.get("loader_rng"))
         log.info("resuming MLflow run %s at epoch %d of %d", self.run_id, self.start_epoch + 1, self.config.epochs)
@@ -229,6 +251,7 @@ class Trainer:
         train_items = self.train_items = self.ctx.shard(case_records(preprocessed, self.plan.split.train))
         self.val_items = case_records(preprocessed, self.plan.split.val) if self.ctx.is_main else []
         self.loader = training_loader(train_items, self.plan, self.batch_size, self.config.augment)
+        self.kept_by = kept_by(self.config.keep_best_by, self.val_items) if self.ctx.is_main else "val_dice"
 
     def log_new_run(self, params_file: Path | None, extra_tags: dict[str, str] | None) -> None:
         """What a new run records once (a resumed run has it already): params, tags (``unetflow.*`` ones short
@@ -248,6 +271,7 @@ class Trainer:
                            "plan.label_names": json.dumps(dict(sorted(self.plan.label_names.items(),
                                                                       key=lambda item: item[1]))),
                            "plan.weight_map_objects": str(self.plan.weight_map_objects),
+                           "plan.border_core": str(self.plan.border_core),
                            # what the plan fitted to the data and the memory budget, as this run trains it
                            "plan.target_spacing": json.dumps(self.plan.target_spacing),
                            "plan.patch_size": json.dumps(list(self.plan.patch_size)), "batch_size": self.batch_size,
@@ -282,23 +306,25 @@ class Trainer:
             metrics |= self._validate(epoch)
         metrics["epoch_seconds"] = time.perf_counter() - started
         self._record(epoch, metrics)
-        advance(f"loss {train_loss:.3f} Dice {self.best.dice:.3f}")
+        advance(f"loss {train_loss:.3f} {self.kept_by} {self.best.score:.3f}")
         self._save_checkpoint(epoch)
         patience, stale = self.config.early_stopping_patience, epoch - self.best.epoch
         self.stopped_early = bool(validated and patience and stale >= patience * self.config.val_every)
         if self.ctx.broadcast(self.stopped_early):
-            log.info("early stop: no better validation Dice for %d epochs", stale)
+            log.info("early stop: no better %s for %d epochs", self.kept_by, stale)
             return True
         return False
 
     def _validate(self, epoch: int) -> dict[str, float]:
-        """Validation Dice per class and mean; a better mean keeps a CPU copy of these weights (with batch-norm
-        statistics recomputed for exactly these weights first: see tasks/training/batch_norm.py)."""
+        """Validation Dice per class and mean (object F1 and PQ with instance maps); a better ``kept_by`` score
+        (equal: a better Dice) keeps a CPU copy of these weights (with batch-norm statistics recomputed for
+        exactly these weights first: see tasks/training/batch_norm.py)."""
         recalibrate_batch_norm(self.model, self.train_items, self.plan.patch_size, self.device, self.batch_size)
         metrics = validate(self.model, iter_cases(self.val_items), self.plan, self.device)  # one case at a time
-        if metrics["val_dice"] > self.best.dice:
+        # ties (object F1 on a few validation images often is) go to the better Dice
+        if (metrics[self.kept_by], metrics["val_dice"]) > (self.best.score, self.best.dice):
             state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            self.best = BestWeights(metrics["val_dice"], epoch, state)
+            self.best = BestWeights(metrics[self.kept_by], epoch, state, metrics["val_dice"])
         return metrics
 
     def _record(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -320,6 +346,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "epoch": epoch, "run_id": self.run_id, "history": self.history, "plan": self.plan.to_json(),
             "best_dice": self.best.dice, "best_model": self.best.state, "best_epoch": self.best.epoch,
+            "best_score": self.best.score,
             # what resume_from checks a resume against (JSON: loads with weights_only)
             "params": json.dumps(resuming.training_params(self.params, self.batch_size)),
             "epochs": self.config.epochs, "loader_rng": loader_rng_state(getattr(self.loader, "dataset", None)),
@@ -335,7 +362,9 @@ class Trainer:
         final = self._best_plain_model()
         save_checkpoint(self.output_dir / "model.pt", {"model": final.state_dict(), "plan": self.plan.to_json()})
         memory = peak_memory_mb(self.device)
-        mlflow.log_metrics({"best_val_dice": self.best.dice, "best_epoch": self.best.epoch, "peak_memory_mb": memory})
+        mlflow.log_metrics({"best_val_dice": self.best.dice, "best_epoch": self.best.epoch, "peak_memory_mb": memory,
+                            f"best_{self.kept_by}": self.best.score})
+        mlflow.set_tag("unetflow.kept_by", self.kept_by)
         log_learning_curve(self.history)
         log_overlays(final, iter_cases(self.val_items[:4]), self.plan)
         existing = resuming.registered_version(self.params.tracking.model_name, run_id) if register else None
@@ -350,7 +379,8 @@ class Trainer:
             best_epoch=self.best.epoch, epochs_run=len(self.history), stopped_early=self.stopped_early,
             checkpoint=str(self.output_dir / "model.pt"),
             seconds_per_epoch=float(np.mean(self.epoch_seconds)) if self.epoch_seconds else math.nan,
-            parameters=count_parameters(final), peak_memory_mb=memory, history=self.history)
+            parameters=count_parameters(final), peak_memory_mb=memory, history=self.history, kept_by=self.kept_by,
+            best_score=self.best.score)
 
     def _best_plain_model(self) -> nn.Module:
         """A fresh copy of the network (no DDP/SyncBatchNorm wrappers, on the CPU) with the best weights,

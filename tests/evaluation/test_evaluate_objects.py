@@ -14,7 +14,7 @@ import pytest
 
 import tasks.evaluation.evaluate as evaluate
 
-PLAN = SimpleNamespace(spatial_dims=2, normalization=None, num_classes=2)
+PLAN = SimpleNamespace(spatial_dims=2, normalization=None, num_classes=2, border_core=False)
 
 
 def _dataset(root: Path, with_instances: bool) -> list[dict]:
@@ -37,8 +37,8 @@ def _dataset(root: Path, with_instances: bool) -> list[dict]:
 def perfect_class_map(monkeypatch):
     """The prediction is the true class map: Dice 1, yet the two touching cells are one connected object."""
     monkeypatch.setattr(evaluate, "normalize", lambda image, _: image)
-    monkeypatch.setattr(evaluate, "predict_native_labels",
-                        lambda model, plan, image, spacing, overlap, device: (image[0] > 0).astype(np.uint8))
+    monkeypatch.setattr(evaluate, "predict_native",
+                        lambda model, plan, image, spacing, overlap, device: ((image[0] > 0).astype(np.uint8), None))
 
 
 def test_cases_with_instance_maps_get_object_scores(tmp_path, perfect_class_map):

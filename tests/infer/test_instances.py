@@ -141,3 +141,51 @@ def test_default_none_writes_nothing_more_and_keeps_the_key(tmp_path):
     (changed,) = run_batch(tmp_path / "in", tmp_path / "out", settings(instances="components"),
                            ThresholdNet(3, 50.0), plan)
     assert changed.status == "done" and (tmp_path / "out" / "a_instances.nii.gz").exists()
+
+
+# ------------------------------------------------------------------------------- border-core networks' rims
+def rim_probability(parts: list[np.ndarray], thickness: int = 1) -> np.ndarray:
+    """What a perfect border-core network says: 1 on each object's rim (the training target's), 0 inside."""
+    from monai_ext.transforms import object_rims
+
+    ids = np.zeros(parts[0].shape, np.int32)
+    for k, part in enumerate(parts, start=1):
+        ids[part & (ids == 0)] = k
+    return object_rims(ids, thickness).astype(np.float32)
+
+
+def test_rims_split_touching_objects_the_distance_map_cannot():
+    # two squares side by side: one rectangle, no neck, so the distance map has one core and no split
+    labels = np.zeros((30, 40), np.uint8)
+    labels[5:25, 5:35] = 1
+    left, right = np.zeros_like(labels, bool), np.zeros_like(labels, bool)
+    left[5:25, 5:20], right[5:25, 20:35] = True, True
+    assert instances_from_labels(labels, "watershed").ids.max() == 1
+    split = instances_from_labels(labels, "watershed", border_probability=rim_probability([left, right]))
+    assert list(split.classes) == [0, 1, 1]
+    assert (split.ids[labels > 0] > 0).all() and (split.ids[labels == 0] == 0).all()
+    assert {int(np.unique(split.ids[left])[0]), int(np.unique(split.ids[right])[0])} == {1, 2}
+    assert len(np.unique(split.ids[left])) == 1 and len(np.unique(split.ids[right])) == 1  # split on the seam
+    # components ignore the rims: they are what the class map alone says
+    assert instances_from_labels(labels, "components", border_probability=rim_probability([left, right])).ids.max() == 1
+
+
+def test_a_speck_of_core_is_no_seed_and_a_speck_of_rim_no_object():
+    labels, parts = balls((60, 60), [(25, 15), (25, 33)], [10, 10])
+    rims = rim_probability(parts)
+    rims[12, 15] = 1.0  # a rim voxel inside the first disc ...
+    rims[10:15, 14:17] = np.where(rims[10:15, 14:17] > 0.5, 1.0, 0.9)  # ... cuts a few core voxels off as a speck
+    rims[11, 15] = 0.2
+    labels[50:53, 50:53] = 1  # and a 3×3 speck of class that the network saw only as rim
+    rims[50:53, 50:53] = 0.9
+    found = instances_from_labels(labels, "watershed", border_probability=rims)
+    assert found.ids.max() == 2  # two discs: the 1-voxel core seeds nothing, the rim speck is no object
+    assert (found.ids[50:53, 50:53] == 0).all()
+
+
+def test_a_large_object_all_rim_is_still_an_object():
+    labels, parts = balls((60, 60), [(20, 20), (45, 45)], [9, 9])
+    rims = rim_probability(parts)
+    rims[parts[1]] = 0.8  # the network saw no core in the second disc, as large as the first
+    found = instances_from_labels(labels, "watershed", border_probability=rims)
+    assert found.ids.max() == 2 and len(np.unique(found.ids[parts[1]])) == 1

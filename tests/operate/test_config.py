@@ -32,7 +32,7 @@ def test_prefect_yaml_deployments_match_the_flows() -> None:
     (pull,) = config["pull"]
     assert pull["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $UNETFLOW_ROOT }}"
     found = deployments()
-    assert set(found) == {"scheduled", "hospital-batch"}
+    assert set(found) == {"scheduled", "hospital-batch", "pacs-sync"}
     for deployment in found.values():
         flow = flow_of(deployment["entrypoint"])
         assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
@@ -48,6 +48,11 @@ def test_prefect_yaml_deployments_match_the_flows() -> None:
     batch = found["hospital-batch"]
     assert {"input", "output"} <= set(batch["parameters"])
     assert "schedules" not in batch
+    sync = found["pacs-sync"]
+    assert flow_of(sync["entrypoint"]).name == "pacs-sync"
+    (every,) = sync["schedules"]
+    assert every["interval"] == 900  # every 15 minutes, paused until a PACS is configured
+    assert sync["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}  # never two at once
 
 
 def test_make_targets_serve_on_loopback() -> None:

@@ -60,7 +60,8 @@ def test_log_overlays_of_a_3d_case_writes_a_readable_png(tmp_path: Path) -> None
     truth = np.zeros((1, 32, 32, 5), dtype=np.uint8)
     truth[0, 8:20, 8:20, :] = 1
     image = truth.astype(np.float32)
-    plan = SimpleNamespace(spatial_dims=3, patch_size=(32, 32, 5), label_names={"background": 0, "cell": 1})
+    plan = SimpleNamespace(spatial_dims=3, patch_size=(32, 32, 5), label_names={"background": 0, "cell": 1},
+                           num_classes=2)
     with mlflow.start_run() as run:
         log_overlays(TwoClassProbe(), iter([{"image": image, "label": truth, "case_id": "vol_1"}]), plan)
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="overlays/vol_1.png",

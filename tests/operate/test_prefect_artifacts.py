@@ -94,6 +94,9 @@ def test_retrain_run_shows_dice_promotion_mlflow_and_stages(tmp_path, prefect_ha
     assert {"retrain-report", "retrain-mlflow-run", "retrain-stages"} <= found.keys()
     report = found["retrain-report"].data
     assert f"Test Dice: {result['evaluate']['test_dice']:.4f}" in report
+    # the synthetic cells have instance maps: the report counts objects too
+    assert f"object F1@0.5 {result['evaluate']['test_object_f1']:.4f}" in report
+    assert f"{result['evaluate']['test_merges']} merged objects" in report
     assert f"Model version {result['version']}: promoted to champion" in report and result["reason"] in report
     assert f"sqlite:///{root / 'mlruns.db'}" in report and result["train"]["run_id"] in report
     assert result["train"]["run_id"] in found["retrain-mlflow-run"].data

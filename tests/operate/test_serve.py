@@ -122,4 +122,4 @@ def test_serve_deploy_run_both_deployments_and_stop(project: Path, tmp_path: Pat
     assert schedules["scheduled"][:2] == (0, 1)
     assert schedules["scheduled"][2]["cron"] == "0 2 * * *" and schedules["scheduled"][2]["timezone"]
     assert schedules["hospital-batch"][0] == 0
-    assert limits == {"scheduled": 1}  # at most one retrain at a time
+    assert limits == {"scheduled": 1, "pacs-sync": 1}  # at most one retrain, one PACS sync at a time

@@ -27,7 +27,8 @@ def set_params(root: Path, **changes: dict) -> None:
 
 
 def test_demo_then_dvc(project: Path, tmp_path: Path) -> None:
-    set_params(project, train={"epochs": 2, "batch_size": 4})
+    # 2 epochs of 2 steps test the wiring, not the model: the first one is promoted whatever it scores
+    set_params(project, train={"epochs": 2, "batch_size": 4}, tracking={"min_test_score": 0.0})
     demo = run([str(BIN / "unetflow"), "demo", "--n-train", "12", "--n-test", "2"], project, tmp_path)
     assert "Test Dice:" in demo.stdout + demo.stderr and "object F1@0.5:" in demo.stdout + demo.stderr
     # The demo's touching cells come out as an instance map too, on each input's grid.
@@ -60,12 +61,14 @@ def test_demo_then_dvc(project: Path, tmp_path: Path) -> None:
     model, _ = load_model("models:/unetflow-segmenter@champion")  # weights + plan, nothing unpickled
     with torch.no_grad():
         logits = model(torch.randn(1, 1, 40, 56))
-    assert logits.shape == (1, 2, 40, 56)
+    assert logits.shape == (1, 3, 40, 56)  # background, cell, and the border-core target's rim
 
     # The run names the classes dataset.json declared (params.yaml only says `auto`).
     assert run_info.data.params["data.label_names"] == "auto"
     assert run_info.data.params["plan.label_names"] == '{"background": 0, "cell": 1}'
     assert run_info.data.params["plan.weight_map_objects"] == "instances"  # the demo's instancesTr/
+    assert run_info.data.params["plan.border_core"] == "True"
+    assert run_info.data.tags["unetflow.kept_by"] == "val_object_f1"
 
     # Batch inference wrote masks on the inputs' own grid (nnU-Net channel files: <case>_0000 → <case>).
     for source in sorted((project / "data" / "imagesTs").glob("*_0000.nii.gz")):

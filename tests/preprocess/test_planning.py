@@ -134,3 +134,31 @@ def test_eff_unet_gets_a_topology_for_its_six_backbone_levels() -> None:
     assert all(p % d == 0 for p, d in zip(plan.patch_size, Topology(plan.network.strides,
                                                                       plan.network.kernel_sizes).divisors,
                                           strict=True))
+
+
+def with_instances(manifest: dict, every: bool = True) -> dict:
+    cases = [{**case, "files": {**case["files"], "instances": f"instancesTr/{case['case_id']}.nii.gz"}}
+             if every or k else case for k, case in enumerate(manifest["cases"])]
+    return {**manifest, "cases": cases}
+
+
+def test_instance_maps_plan_a_border_core_target_with_one_more_output_channel() -> None:
+    from tasks.common.plan import build_model
+
+    manifest = mixed_anisotropic()
+    plain = plan_for(manifest)
+    assert not plain.border_core and plain.output_channels == plain.num_classes == 2
+    border = plan_for(with_instances(manifest))  # preprocess.border_core: auto
+    assert border.border_core and border.border_thickness == 1 and border.output_channels == 3
+    assert Plan.model_validate(border.to_json()) == border  # the plan file says it
+    with torch.no_grad():
+        output = build_model(border)(torch.zeros(1, 1, 32, 32, 8))
+    assert output.shape[1] == 3  # background, the class, the rim
+    # one case without an instance map: no rims to draw there, so auto stays off and true is refused
+    assert not plan_for(with_instances(manifest, every=False)).border_core
+    params = validate_params({"preprocess": {"border_core": True}})
+    with pytest.raises(ValueError, match="border_core: true needs an instance map for every case"):
+        make_plan(with_instances(manifest, every=False), params.data, params.preprocess, params.model,
+                  params.train, STATS)
+    off = validate_params({"preprocess": {"border_core": False, "border_thickness": 2}})
+    assert not make_plan(with_instances(manifest), off.data, off.preprocess, off.model, off.train, STATS).border_core

@@ -206,3 +206,30 @@ def test_augment_config_is_spelled_out_and_accepts_the_old_boolean():
     with pytest.raises(ValueError, match="elastic"):
         validate_params({"train": {"augment": {"elastic": "sideways"}}})
     assert "train.augment.elastic" in validate_params({}).flat()
+
+
+def test_instance_data_trains_on_border_core_targets_weighted_on_the_rims_between_cells(preprocessed):
+    """The tiny cells have instance maps: cases store the rims' target beside the true classes, the weight map's
+    border term sits on the rims where two cells touch, and the loader hands the target on as the label."""
+    from monai_ext.transforms import border_core_labels
+    from tasks.preprocess.case_store import open_case
+
+    root, params, plan = preprocessed
+    assert plan.border_core and plan.num_classes == 2
+    touching_rims = 0
+    for case_id in plan.split.train:
+        case = open_case(root / params.preprocess.output_dir, case_id, mmap=False)
+        assert set(case) == {"image", "label", "instances", "target", "weight"}
+        assert set(np.unique(case["label"])) <= {0, 1}  # the label keeps the classes (validation scores them)
+        np.testing.assert_array_equal(case["target"], border_core_labels(case["label"], case["instances"], 2, 1))
+        ids, target, weight = case["instances"][0], case["target"][0], case["weight"][0]
+        grown = [ndimage.binary_dilation(ids == k) for k in range(1, int(ids.max()) + 1)]
+        between = (np.sum(grown, axis=0) >= 2) & (target == 2)  # rim voxels next to another cell
+        touching_rims += int(between.sum())
+        if between.any():  # the paper's ridge: rims between cells outweigh every core voxel
+            assert np.median(weight[between]) > weight[target == 1].max() + 1.0
+        assert np.ptp(weight[target == 1]) < 1e-5  # cores carry their class weight alone
+    assert touching_rims > 0
+    batch = next(iter(training_loader(case_records(root / params.preprocess.output_dir, plan.split.train),
+                                      plan, 2, AugmentConfig(enabled=False, loader_workers=0))))
+    assert set(batch) == {"image", "label", "weight"} and set(np.unique(batch["label"].numpy())) == {0, 1, 2}

@@ -33,8 +33,12 @@ def test_two_epochs_tracked_and_registered(preprocessed_copy):
     run = client.get_run(result.run_id)
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.name"] == "unet"
     assert run.data.tags["variant"] == "unet" and "git_commit" in run.data.tags
-    for metric in ("train_loss", "val_dice", "val_dice_1", "lr"):
+    for metric in ("train_loss", "val_dice", "val_dice_1", "val_object_f1", "val_pq", "lr"):
         assert [m.step for m in client.get_metric_history(result.run_id, metric)] == [0, 1], metric
+    # the cells come with instance maps: the kept weights are the best by object F1, Dice recorded beside it
+    assert result.kept_by == "val_object_f1" and run.data.tags["unetflow.kept_by"] == "val_object_f1"
+    best = max(result.history, key=lambda row: (row["val_object_f1"], row["val_dice"]))
+    assert result.best_score == best["val_object_f1"] and result.best_val_dice == best["val_dice"]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"plan.json", "params.yaml", "resolved_params.json", "plots", "overlays"} <= artifacts
     assert {a.path for a in client.list_artifacts(result.run_id, "plots")} == {"plots/learning_curve.png"}
@@ -42,7 +46,8 @@ def test_two_epochs_tracked_and_registered(preprocessed_copy):
     assert str(version.version) == result.registered_version and version.run_id == result.run_id
     model, plan = load_model(f"models:/{params.tracking.model_name}@candidate")
     with torch.no_grad():
-        assert model(torch.randn(1, 1, 37, 53)).shape == (1, 2, 37, 53)  # not the logged size
+        # background, cell and the border-core target's rim (folded back into the cell at prediction)
+        assert plan.border_core and model(torch.randn(1, 1, 37, 53)).shape == (1, 3, 37, 53)  # not the logged size
     assert plan.patch_size == (48, 48)
     # The checkpoint holds what resuming needs and loads with weights_only=True.
     state = load_checkpoint(root / params.train.output_dir / "checkpoint.pt")
