@@ -103,8 +103,9 @@ def make_corpus(seed: int = 0) -> Corpus:
 
 
 def _require_orthanc() -> None:
+    """Fail, never skip: `make test` installs Orthanc, so a missing one is a broken setup, not an optional test."""
     if not ORTHANC_BIN.exists():
-        pytest.skip(f"{ORTHANC_BIN} is not installed (apt-get install orthanc orthanc-dicomweb)")
+        pytest.fail(f"{ORTHANC_BIN} is missing: `make test` installs it (apt-get install orthanc orthanc-dicomweb)")
 
 
 @pytest.fixture(scope="session")

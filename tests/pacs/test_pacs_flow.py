@@ -66,7 +66,7 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture
 def auth_orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
     if not Path("/usr/sbin/Orthanc").exists():
-        pytest.skip("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+        pytest.fail("Orthanc is not installed: `make test` installs it (apt-get install orthanc orthanc-dicomweb)")
     with OrthancServer(tmp_path / "orthanc-auth", user=BASIC_USER) as server:
         yield server
 
@@ -240,7 +240,7 @@ def test_pacs_demo_leaves_its_orthanc_running_until_stopped(tmp_path: Path) -> N
     """``ensure_orthanc`` starts one in the background when none answers (and it outlives the call), reuses one
     that answers, and ``stop_orthanc`` stops exactly the one it started."""
     if not Path("/usr/sbin/Orthanc").exists():
-        pytest.skip("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+        pytest.fail("Orthanc is not installed: `make test` installs it (apt-get install orthanc orthanc-dicomweb)")
     from tasks.pacs.demo import SERVER_DIR, alive, ensure_orthanc, stop_orthanc
     from tasks.pacs.orthanc import free_port
 
@@ -259,3 +259,29 @@ def test_pacs_demo_leaves_its_orthanc_running_until_stopped(tmp_path: Path) -> N
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{started.rest_url}/system", timeout=5)
     assert stop_orthanc(tmp_path) == "no Orthanc started by pacs-demo is running"
+
+
+@pytest.mark.slow
+def test_credentials_from_a_prefect_secret_block(tmp_path: Path, checkpoint: Path, auth_orthanc: OrthancServer,
+                                                 prefect_harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pacs.credentials_block`` names a Prefect Secret holding {"user", "password"}: the flow reads it, the
+    environment holds nothing, and the password reaches neither the flow's result nor the work_dir."""
+    from prefect.blocks.system import Secret
+
+    from flows.infer import pacs_sync_flow
+
+    for name in ("UNETFLOW_PACS_TOKEN", "UNETFLOW_PACS_USER", "UNETFLOW_PACS_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    user, password = BASIC_USER
+    Secret(value={"user": user, "password": password}).save("pacs-test-credentials", overwrite=True)
+    corpus = make_corpus(seed=4)
+    upload(auth_orthanc, corpus)
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    result = pacs_sync_flow(root=str(root), model=str(checkpoint), overrides=[
+        f"pacs.url={auth_orthanc.dicomweb_url}", "pacs.credentials_block=pacs-test-credentials", "pacs.retries=2",
+        "pacs.backoff_s=0.1"])
+    assert result["counts"]["done"] >= 2 and result["counts"]["failed"] == 0, result
+    assert password not in json.dumps(result)
+    assert not [path for path, data in texts_under(root) if password.encode() in data]
