@@ -13,6 +13,7 @@ Credentials live in the ``requests.Session`` only (never in URLs or query parame
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from tasks.pacs.transport import (
     series_refs,
     uid_tag,
     with_retries,
-    write_instance,
+    write_instance_bytes,
 )
 
 T = TypeVar("T")
@@ -108,6 +109,7 @@ class DicomwebTransport:
         self.retry = retry
         session = auth.session() if auth is not None else requests.Session()
         session.verify = verify_tls
+        self._session = session
         self._client = DICOMwebClient(self.url, session=session, timeout=retry.timeout_s)
         self._client.set_http_retry_params(retry=False)
 
@@ -129,8 +131,13 @@ class DicomwebTransport:
         Path(target_dir).mkdir(parents=True, exist_ok=True)
 
         def fetch() -> list[Path]:
-            return [write_instance(ds, target_dir)
-                    for ds in self._client.iter_series(ref.study_uid, ref.series_uid)]
+            # The instances as the PACS sent them, written byte for byte: decoding each one into a dataset and
+            # encoding it again (dicomweb-client's retrieve) cost a third of a sync's overhead over a disk read.
+            response = self._session.get(f"{self.url}/studies/{ref.study_uid}/series/{ref.series_uid}",
+                                         headers={"Accept": 'multipart/related; type="application/dicom"'},
+                                         timeout=self.retry.timeout_s)
+            response.raise_for_status()
+            return [write_instance_bytes(part, target_dir) for part in multipart_parts(response)]
 
         return self._call(f"WADO-RS fetch of series {uid_tag(ref.series_uid)}", fetch)
 
@@ -205,6 +212,23 @@ def _sorted_errors(what: str, url: str, stow: bool) -> Iterator[None]:
         if stow:
             raise _StowRefused(code, _stow_answer(exc.response)) from None
         raise PacsError(f"{what}: HTTP {code} from {url}") from None
+
+
+def multipart_parts(response: requests.Response) -> list[bytes]:
+    """The bodies of a ``multipart/related`` answer (WADO-RS), or the body itself when a server sends one
+    instance non-encapsulated (some do, for a single part)."""
+    content_type = response.headers.get("Content-Type", "")
+    found = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not content_type.startswith("multipart/") or found is None:
+        return [response.content]
+    delimiter = b"--" + found.group(1).encode("ascii")
+    parts = []
+    for chunk in response.content.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):  # the close delimiter
+            break
+        _headers, _, body = chunk.partition(b"\r\n\r\n")
+        parts.append(body[:-2] if body.endswith(b"\r\n") else body)
+    return parts
 
 
 def _redact(url: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import logging
 import re
 import time
@@ -174,6 +175,22 @@ def write_instance(ds: pydicom.Dataset, target_dir: Path) -> Path:
     target = Path(target_dir) / f"{uid}.dcm"
     with atomic_path(target) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
+    return target
+
+
+def write_instance_bytes(data: bytes, target_dir: Path) -> Path:
+    """Write one received DICOM file unchanged as ``<SOPInstanceUID>.dcm`` atomically; only its header is read
+    (the UID names the file), never its pixels. Anything that is not a DICOM file is refused."""
+    try:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        uid = str(header.SOPInstanceUID)
+    except Exception as error:  # noqa: BLE001 — whatever pydicom makes of bytes that are no DICOM file
+        raise PacsError(f"received a part that is not a DICOM instance ({type(error).__name__})") from None
+    if not re.fullmatch(r"[0-9.]{1,64}", uid):
+        raise PacsError(f"received an instance whose SOPInstanceUID is not a UID: {uid[:64]!r}")
+    target = Path(target_dir) / f"{uid}.dcm"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
     return target
 
 
