@@ -9,14 +9,16 @@ they load once each, never a pickled network per task.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from torch import nn
 
 from flows.common import project, task_runner_for
 from flows.reports import report_infer, report_pacs_sync
+from tasks.common.plan import Plan
 from tasks.inference import batch
 from tasks.inference.batch import CaseOutcome
 from tasks.inference.segment import InferSettings
@@ -26,6 +28,17 @@ from tasks.tracking.store import configure_tracking
 
 log = logging.getLogger("unetflow.infer")
 segment_task = task(batch.run_case, name="segment-case", cache_policy=NO_CACHE, persist_result=False)
+
+
+def _load_for(model_uri: str, settings: InferSettings, trust_pickled: bool
+              ) -> tuple[nn.Module, Plan, InferSettings]:
+    """The model on ``settings``' device, its plan, and ``settings`` stamped with what made the outputs: the
+    weights' hash and the registry name and version (an alias resolved now, when the job starts). An older
+    registry version (a pickled module) loads only with ``trust_pickled``: unpickling runs its code."""
+    network, plan = load_model(model_uri, map_location=settings.torch_device(), trust_pickled=trust_pickled)
+    model_name, model_version = batch.model_provenance(model_uri)
+    return network, plan, replace(settings, model_id=batch.model_identity(network), model_name=model_name,
+                                  model_version=model_version, model_uri=model_uri)
 
 
 class BatchFailed(RuntimeError):
@@ -55,12 +68,8 @@ def infer_flow(root: str = ".", params_file: str | None = "params.yaml", overrid
     output_dir = root_path / (output or config.output_dir)
     settings = InferSettings.from_config(config, params.data, input_root=input_dir)
     device = settings.torch_device()
-    # an older registry version (a pickled module) only with --trust-pickled-model: unpickling runs its code
-    network, plan = load_model(model_uri, map_location=device, trust_pickled=trust_pickled_model)
-    identity = batch.model_identity(network)
-    model_name, model_version = batch.model_provenance(model_uri)  # the version an alias points at now
-    settings = InferSettings(**{**asdict(settings), "model_id": identity, "model_name": model_name,
-                                "model_version": model_version, "model_uri": model_uri})
+    network, plan, settings = _load_for(model_uri, settings, trust_pickled_model)
+    identity, model_name, model_version = settings.model_id, settings.model_name, settings.model_version
     started_at = batch.utc_now()
     if config.runner == "threads":
         batch.register_model(model_uri, device, network, plan)
@@ -112,14 +121,12 @@ def pacs_sync_flow(root: str = ".", params_file: str | None = "params.yaml", ove
     model_uri = (model or config.model_uri or params.infer.model_uri
                  or f"models:/{params.tracking.model_name}@{CHAMPION_ALIAS}")
     transport = open_transport(config, _pacs_secret(config.credentials_block))
-    settings = InferSettings.from_config(params.infer, params.data)
-    network, plan = load_model(model_uri, map_location=settings.torch_device(), trust_pickled=trust_pickled_model)
-    identity = batch.model_identity(network)
-    model_name, model_version = batch.model_provenance(model_uri)
+    network, plan, settings = _load_for(model_uri, InferSettings.from_config(params.infer, params.data),
+                                        trust_pickled_model)
     # a run or a checkpoint has no registry name: the weights' hash names the results (a new one, new results)
-    model_name, model_version = model_name or params.tracking.model_name, model_version or identity[:12]
-    settings = InferSettings(**{**asdict(settings), "model_id": identity, "model_name": model_name,
-                                "model_version": model_version, "model_uri": model_uri})
+    model_name = settings.model_name or params.tracking.model_name
+    model_version = settings.model_version or settings.model_id[:12]
+    settings = replace(settings, model_name=model_name, model_version=model_version)
     sync = SyncSettings(filters=series_filter(config), work_dir=root_path / config.work_dir,
                         salt=params.data.dicom_id_salt, model_name=model_name, model_version=model_version,
                         infer=settings)

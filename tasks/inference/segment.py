@@ -117,7 +117,7 @@ def _plan_checks(canonical: np.ndarray, plan: Plan, name: str) -> None:
         raise ValueError(f"{name}: {channels} channel(s), the model expects {plan.in_channels}")
 
 
-Predicted = tuple[np.ndarray, "np.ndarray | None", dict[str, Any], FilterReport]
+Predicted = tuple[np.ndarray, np.ndarray | None, dict[str, Any], FilterReport]
 
 
 def _predict(model: nn.Module, plan: Plan, canonical: np.ndarray, spacing: tuple[float, ...], settings: InferSettings,

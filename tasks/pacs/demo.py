@@ -39,7 +39,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from tasks.common.atomic import atomic_path, write_text
-from tasks.pacs.orthanc import ORTHANC_BIN
+from tasks.pacs.orthanc import ORTHANC_BIN, dicomweb_url, explorer_url
 
 PROJECT_DIR = Path("outputs/pacs-demo")
 SERVER_DIR = Path("outputs/pacs-server")
@@ -217,11 +217,11 @@ class Server:
 
     @property
     def dicomweb_url(self) -> str:
-        return f"{self.rest_url}/dicom-web"
+        return dicomweb_url(self.rest_url)
 
     @property
     def explorer_url(self) -> str:
-        return f"{self.rest_url}/app/explorer.html"
+        return explorer_url(self.rest_url)
 
 
 def _probe(rest_url: str) -> str:

@@ -31,6 +31,15 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 AET = "ORTHANC"
 
 
+def dicomweb_url(rest_url: str) -> str:
+    """The DICOMweb root of the Orthanc at ``rest_url`` (the plugin's ``Root`` in :meth:`OrthancServer.config`)."""
+    return f"{rest_url}/dicom-web"
+
+
+def explorer_url(rest_url: str) -> str:
+    return f"{rest_url}/app/explorer.html"
+
+
 class OrthancError(RuntimeError):
     """Orthanc is missing, or did not come up; the message carries the tail of its log."""
 
@@ -67,7 +76,7 @@ class OrthancServer:
 
     @property
     def dicomweb_url(self) -> str:
-        return f"{self.rest_url}/dicom-web"
+        return dicomweb_url(self.rest_url)
 
     @property
     def dimse(self) -> str:
@@ -75,7 +84,7 @@ class OrthancServer:
 
     @property
     def explorer_url(self) -> str:
-        return f"{self.rest_url}/app/explorer.html"
+        return explorer_url(self.rest_url)
 
     @property
     def log_path(self) -> Path:

@@ -139,12 +139,14 @@ def make_plan(manifest: dict, data: DataConfig, preprocess: PreprocessConfig, mo
     if model.options.get("padding") == "valid":
         patch, output_size = _valid_tiles(fitted, train.patch_size)
     modalities = channel_modalities(manifest)
+    per_channel = modalities
+    if isinstance(modalities, str):  # the source's one modality for every channel ("" when it names none)
+        per_channel = [modalities] * in_channels if modalities else []
     return Plan(
         spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes,
-        channel_modalities=tuple(modalities) if isinstance(modalities, list) else (modalities,) * in_channels
-        if modalities else (),
+        channel_modalities=tuple(per_channel),
         label_names=manifest["labels"],
-        normalization=normalization_from(stats, preprocess.normalization, channel_modalities(manifest)),
+        normalization=normalization_from(stats, preprocess.normalization, modalities),
         intensity_statistics=IntensityStatistics(cases=split.train, channels=tuple(stats)),
         patch_size=tuple(patch), output_size=None if output_size is None else tuple(output_size),
         batch_size=fitted.batch_size, memory=memory_record(fitted, train.memory_budget_gb),
