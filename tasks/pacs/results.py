@@ -115,6 +115,19 @@ def _series_number(source: pydicom.Dataset, offset: int) -> int:
     return int(getattr(source, "SeriesNumber", 0) or 0) + offset
 
 
+def source_evidence(first_source: pydicom.Dataset, seg: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """The SR's evidence without reading every source header again: ``first_source`` (whole: the SR copies its
+    patient and study), then each source instance the SEG references, as the four UIDs evidence needs."""
+    out = [first_source]
+    for series in seg.ReferencedSeriesSequence:
+        for instance in series.ReferencedInstanceSequence:
+            item = pydicom.Dataset()
+            item.StudyInstanceUID, item.SeriesInstanceUID = seg.StudyInstanceUID, series.SeriesInstanceUID
+            item.SOPClassUID, item.SOPInstanceUID = instance.ReferencedSOPClassUID, instance.ReferencedSOPInstanceUID
+            out.append(item)
+    return out
+
+
 def build_volume_report(seg: pydicom.Dataset, source_headers: Sequence[pydicom.Dataset], volumes_ml: dict[str, float],
                         model_name: str, model_version: str, uids: ResultUids) -> pydicom.Dataset:
     """A TID 1500 Measurement Report (Comprehensive 3D SR) of ``volumes_ml``, one group per SEG segment.

@@ -102,7 +102,7 @@ def make_corpus(seed: int = 0) -> Corpus:
     return Corpus(datasets)
 
 
-def _require_orthanc() -> None:
+def require_orthanc() -> None:
     """Fail, never skip: `make test` installs Orthanc, so a missing one is a broken setup, not an optional test."""
     if not ORTHANC_BIN.exists():
         pytest.fail(f"{ORTHANC_BIN} is missing: `make test` installs it (apt-get install orthanc orthanc-dicomweb)")
@@ -110,14 +110,14 @@ def _require_orthanc() -> None:
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    _require_orthanc()
+    require_orthanc()
     with OrthancServer(tmp_path_factory.mktemp("orthanc")) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def orthanc_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    _require_orthanc()
+    require_orthanc()
     with OrthancServer(tmp_path_factory.mktemp("orthanc-auth"), user=BASIC_USER) as server:
         yield server
 
@@ -125,6 +125,6 @@ def orthanc_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancSe
 @pytest.fixture
 def fresh_orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
     """An empty Orthanc for one test (instance counts before/after are exact; a test may stop and restart it)."""
-    _require_orthanc()
+    require_orthanc()
     with OrthancServer(tmp_path / "orthanc") as server:
         yield server

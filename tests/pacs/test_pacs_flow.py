@@ -31,7 +31,7 @@ from tasks.pacs.orthanc import OrthancServer
 from tasks.tracking.model_package import save_checkpoint
 from tests.conftest import BIN, REPO, cli_env
 from tests.infer.helpers import plan_for
-from tests.pacs.conftest import BASIC_USER, PATIENT, Corpus, make_corpus
+from tests.pacs.conftest import BASIC_USER, PATIENT, Corpus, make_corpus, require_orthanc
 
 #: the CLI's own retry settings, shortened: an auth failure is not retried anyway, the rest never fails here
 FAST = ["--set", "pacs.retries=2", "--set", "pacs.backoff_s=0.1"]
@@ -65,8 +65,7 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def auth_orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
-    if not Path("/usr/sbin/Orthanc").exists():
-        pytest.fail("Orthanc is not installed: `make test` installs it (apt-get install orthanc orthanc-dicomweb)")
+    require_orthanc()
     with OrthancServer(tmp_path / "orthanc-auth", user=BASIC_USER) as server:
         yield server
 
@@ -145,6 +144,53 @@ def test_pacs_sync_cli_over_dicomweb(project: Path, home: Path, checkpoint: Path
     assert len(list((work_dir / "results").glob("*.nii.gz"))) == 2
     for _, data in texts_under(work_dir):  # pseudonymous: no patient name/ID kept
         assert PATIENT[0].encode() not in data and PATIENT[1].encode() not in data
+
+
+#: Registers the checkpoint (argv[2]) as the champion of the project (argv[1]) the way training does: a real MLflow
+#: store, written by another process, as a training run would have written it.
+REGISTER_CHAMPION = """
+import sys
+from pathlib import Path
+
+import mlflow
+
+from tasks.config.loading import load_params
+from tasks.tracking.model_package import load_model, log_and_register
+from tasks.tracking.registry import CHAMPION_ALIAS
+from tasks.tracking.store import configure_tracking
+
+root = Path(sys.argv[1])
+params = load_params(root / "params.yaml")
+configure_tracking(params.tracking, root)
+model, plan = load_model(sys.argv[2])
+with mlflow.start_run():
+    _, version = log_and_register(model, plan, root / "registered", params.tracking.model_name)
+mlflow.MlflowClient().set_registered_model_alias(params.tracking.model_name, CHAMPION_ALIAS, version)
+"""
+
+
+@pytest.mark.slow
+def test_pacs_sync_with_the_champion_leaves_no_patient_data(project: Path, home: Path, checkpoint: Path,
+                                                            fresh_orthanc) -> None:
+    """No --model: the champion comes from the project's MLflow registry. Nothing under the project (MLflow's
+    database and artifacts, outputs) or Prefect's home (database, logs) holds the patient's name or ID or a
+    source UID afterwards."""
+    registered = subprocess.run([str(BIN / "python"), "-c", REGISTER_CHAMPION, str(project), str(checkpoint)],
+                                cwd=project, env=cli_env(home), capture_output=True, text=True, timeout=300)
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    corpus = make_corpus(seed=4)
+    upload(fresh_orthanc, corpus)
+    done = pacs_sync(project, home, "--url", fresh_orthanc.dicomweb_url)
+    summary = assert_synced(done, fresh_orthanc, corpus)
+    assert summary["model_uri"].endswith("@champion"), summary["model_uri"]
+    assert (project / "mlruns.db").is_file() and list(project.rglob("weights.pt")), "no MLflow store was used"
+    secrets = {*PATIENT, *(str(getattr(ds, key)) for ds in corpus.all()
+                           for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))}
+    for folder in (project, home):
+        for path, data in texts_under(folder):
+            leaked = [secret for secret in secrets if secret.encode() in data]
+            assert not leaked, f"{path} holds {leaked[:3]}"
+    assert not [s for s in secrets if s in done.stdout + done.stderr]
 
 
 @pytest.mark.slow

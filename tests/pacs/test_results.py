@@ -28,6 +28,7 @@ from tasks.pacs.results import (
     grid_voxel_mm3,
     result_pseudonym,
     result_uids,
+    source_evidence,
 )
 
 PATIENT = ("Roe^Richard", "PID-RESULTS-0815")
@@ -290,3 +291,22 @@ def test_a_class_name_longer_than_a_segment_label_still_finds_its_segment(series
     (group,) = hd.sr.MeasurementReport.from_sequence(report.content).get_volumetric_roi_measurement_groups()
     assert group.referenced_segment.referenced_segment_numbers == [1]
     assert group.get_measurements(name=codes.SCT.Volume)[0].value == pytest.approx(0.0045)
+
+
+def evidence_of(sr: pydicom.Dataset) -> set[tuple[str, str, str]]:
+    return {(r.SeriesInstanceUID, i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID)
+            for s in sr.CurrentRequestedProcedureEvidenceSequence for r in s.ReferencedSeriesSequence
+            for i in r.ReferencedSOPSequence}
+
+
+def test_evidence_from_the_seg_equals_evidence_from_every_source_header(series, uids, tmp_path):
+    """The sync reads one source header and takes the rest from the SEG's references: the same SR."""
+    sources = read_source_headers(series)
+    seg, full = make_results(series, uids)
+    volumes = class_volumes_ml(label_map(), grid_voxel_mm3(sources), LABELS)
+    light = build_volume_report(seg, source_evidence(sources[0], seg), volumes, MODEL, VERSION, uids)
+    full, light = reread(full, tmp_path / "full.dcm"), reread(light, tmp_path / "light.dcm")
+    assert len(evidence_of(light)) == len(sources) + 1 and evidence_of(light) == evidence_of(full)
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "AccessionNumber",
+                    "SeriesNumber"):
+        assert light[keyword].value == full[keyword].value, keyword

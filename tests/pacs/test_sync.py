@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,24 +59,27 @@ def upload(server: OrthancServer, datasets: list[pydicom.Dataset]) -> None:
         requests.post(f"{server.rest_url}/instances", data=buffer.getvalue(), timeout=10).raise_for_status()
 
 
-def recording(kind: str, server: OrthancServer, before_fetch: Callable[[int], None] | None = None):
-    """A real transport that also notes the modality of everything it stores; ``before_fetch(n)`` is called
-    before its n-th fetch (n from 1)."""
+def recording(kind: str, server: OrthancServer, after_store: Callable[[int], None] | None = None,
+              before_fetch: Callable[[int], None] | None = None):
+    """A real transport that also notes the modality of everything it stores; ``after_store(n)`` is called after
+    its n-th store, ``before_fetch(n)`` before its n-th fetch (n from 1)."""
     base = DicomwebTransport if kind == "dicomweb" else DimseTransport
 
     class Recording(base):  # type: ignore[misc, valid-type]
         stored: list[str] = []
         fetches = 0
 
-        def store(self, datasets):  # noqa: ANN001, ANN202
-            super().store(datasets)
-            self.stored.extend(str(ds.Modality) for ds in datasets)
-
         def fetch_series(self, ref, target_dir):  # noqa: ANN001, ANN202
             self.fetches += 1
             if before_fetch is not None:
                 before_fetch(self.fetches)
             return super().fetch_series(ref, target_dir)
+
+        def store(self, datasets):  # noqa: ANN001, ANN202
+            super().store(datasets)
+            self.stored.extend(str(ds.Modality) for ds in datasets)
+            if after_store is not None:
+                after_store(len(self.stored))
 
     if kind == "dicomweb":
         transport = Recording(server.dicomweb_url, retry=FAST)
@@ -85,9 +89,9 @@ def recording(kind: str, server: OrthancServer, before_fetch: Callable[[int], No
     return transport
 
 
-def sync(transport, work_dir: Path, version: str = "1") -> SyncSummary:  # noqa: ANN001
+def sync(transport, work_dir: Path, version: str = "1", model: ThresholdNet | None = None) -> SyncSummary:  # noqa: ANN001
     config = SyncSettings(SeriesFilter(), work_dir, SALT, MODEL, version, settings())
-    return sync_pacs(transport, ThresholdNet(3, level=500.0), PLAN, config)
+    return sync_pacs(transport, model or ThresholdNet(3, level=500.0), PLAN, config)
 
 
 def by_name(summary: SyncSummary) -> dict[str, tuple[str, str]]:
@@ -265,6 +269,24 @@ def test_corrupt_series_failed_then_remembered(fresh_orthanc: OrthancServer, tmp
     assert_no_phi(work_dir, {**studies, "extra": extra}, caplog.records)
 
 
+def test_next_series_fetched_while_one_is_segmented(fresh_orthanc: OrthancServer, tmp_path: Path) -> None:
+    """The model does not wait for the PACS: its first window waits until the second series is being fetched
+    (a sync that fetched only after storing would keep it waiting, then fail the assertion)."""
+    studies = make_studies(tuple(s for s in SPECS if s.modality == "CT"))
+    upload(fresh_orthanc, [ds for series in studies.values() for ds in series])
+    second_fetch, waited = threading.Event(), []
+
+    class WaitingNet(ThresholdNet):
+        def forward_parts(self, x):  # noqa: ANN001, ANN202
+            if not waited:
+                waited.append(second_fetch.wait(timeout=20))
+            return super().forward_parts(x)
+
+    transport = recording("dicomweb", fresh_orthanc, before_fetch=lambda n: n == 2 and second_fetch.set())
+    summary = sync(transport, tmp_path / "work", model=WaitingNet(3, level=500.0))
+    assert summary.done == 3 and waited == [True]
+
+
 # ------------------------------------------------------------------------------------------------ outage
 def test_outage_mid_sync_then_resume(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
@@ -273,8 +295,8 @@ def test_outage_mid_sync_then_resume(tmp_path: Path, caplog: pytest.LogCaptureFi
     try:
         upload(server, [ds for series in studies.values() for ds in series])
 
-        def stop_after_first_series(fetches: int) -> None:
-            if fetches == 2:  # the first series is stored; the second has passed series_exists
+        def stop_after_first_series(stores: int) -> None:
+            if stores == 2:  # the first series' SEG and SR are stored; the others are fetched or being fetched
                 server.stop()
 
         transport, work_dir = recording("dicomweb", server, stop_after_first_series), tmp_path / "work"
