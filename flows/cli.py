@@ -123,6 +123,8 @@ def pacs_sync(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml")
               dimse: Annotated[str | None, typer.Option(help="DIMSE instead: HOST:PORT:AET of the PACS.")] = None,
               model: Annotated[str | None, typer.Option(help="models:/NAME@alias (default: the champion).")] = None,
               study_date: Annotated[str | None, typer.Option(help="YYYYMMDD-YYYYMMDD (inclusive).")] = None,
+              recent_days: Annotated[int | None, typer.Option(help="Instead: studies of the last N days, today "
+                                                                   "included.")] = None,
               modality: Annotated[str | None, typer.Option(help="Only series of this modality, e.g. CT.")] = None,
               series_description: Annotated[str | None, typer.Option(help="Only series whose description "
                                                                               "matches this regex.")] = None,
@@ -134,11 +136,13 @@ def pacs_sync(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml")
     Credentials: UNETFLOW_PACS_TOKEN, or UNETFLOW_PACS_USER + UNETFLOW_PACS_PASSWORD (never on the command line)."""
     from flows.infer import pacs_sync_flow
 
-    flags = {"url": url, "dimse": dimse, "study_date": study_date, "modality": modality,
-             "series_description": series_description}
+    flags = {"url": url, "dimse": dimse, "study_date": study_date, "recent_days": recent_days,
+             "modality": modality, "series_description": series_description}
     overrides = [*(set or []), *(f"pacs.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
     if url or dimse:  # the command line's transport replaces the one params.yaml names
         overrides.append(f"pacs.{'dimse' if url else 'url'}=null")
+    if study_date or recent_days:  # and its date filter the one params.yaml gives
+        overrides.append(f"pacs.{'recent_days' if study_date else 'study_date'}=null")
     _show(pacs_sync_flow(**_checked(root, params, overrides), model=model, trust_pickled_model=trust_pickled_model))
 
 

@@ -338,7 +338,8 @@ class PacsConfig(Section):
 
     One transport: ``url``, a DICOMweb root (``http://127.0.0.1:8042/dicom-web``), or ``dimse``,
     ``HOST:PORT:AET`` of the PACS (C-FIND, C-GET, C-STORE as ``calling_aet``, which the PACS must know).
-    Filters: ``study_date`` (``YYYYMMDD-YYYYMMDD``, inclusive), ``modality``, ``series_description`` (a regex);
+    Filters: ``study_date`` (``YYYYMMDD-YYYYMMDD``, inclusive) or ``recent_days`` (studies of the last N days,
+    today included, by the host's date: what a schedule wants), ``modality``, ``series_description`` (a regex);
     the model's own modality and dimensionality are checked as well. ``model_uri`` (null: ``infer.model_uri``,
     then the champion). Credentials never live here (unknown keys are refused): ``UNETFLOW_PACS_TOKEN`` or
     ``UNETFLOW_PACS_USER`` + ``UNETFLOW_PACS_PASSWORD`` (prefix ``credentials_env``), or the Prefect Secret block
@@ -351,6 +352,7 @@ class PacsConfig(Section):
     calling_aet: str = Field("UNETFLOW", min_length=1, max_length=16)
     model_uri: str | None = None
     study_date: str | None = None
+    recent_days: int | None = Field(None, ge=1)
     modality: str | None = None
     series_description: str | None = None
     work_dir: str = "outputs/pacs"
@@ -382,6 +384,8 @@ class PacsConfig(Section):
     def _one_transport(self) -> PacsConfig:
         if self.url and self.dimse:
             raise ValueError("pacs: give url (DICOMweb) or dimse (HOST:PORT:AET), not both")
+        if self.study_date and self.recent_days:
+            raise ValueError("pacs: give study_date (a fixed range) or recent_days (the last N days), not both")
         if self.url and "@" in self.url.split("//", 1)[-1].split("/", 1)[0]:
             raise ValueError("pacs.url must not hold credentials: use UNETFLOW_PACS_TOKEN / _USER / _PASSWORD "
                              "or pacs.credentials_block")

@@ -9,6 +9,7 @@ here logs or returns them.
 from __future__ import annotations
 
 import re
+from datetime import date, timedelta
 from typing import Any
 
 from tasks.config import PacsConfig
@@ -46,12 +47,20 @@ def open_transport(config: PacsConfig, secret: Any = None, environ: dict[str, st
                      "or --url / --dimse")
 
 
-def series_filter(config: PacsConfig) -> SeriesFilter:
-    """``study_date`` as ``YYYYMMDD-YYYYMMDD`` (one day: ``YYYYMMDD``), modality, description regex."""
+def series_filter(config: PacsConfig, today: date | None = None) -> SeriesFilter:
+    """``study_date`` as ``YYYYMMDD-YYYYMMDD`` (one day: ``YYYYMMDD``) or ``recent_days`` counted back from
+    ``today`` (default: the host's local date, as StudyDate is the acquiring site's), modality, description regex.
+
+    Without a date filter every series of the PACS is looked at on every run: fine for a one-off sync, not for
+    a schedule on a hospital PACS, which is why the ``pacs-sync`` deployment sets ``recent_days``."""
     dates = None
     if config.study_date:
         first, _, last = config.study_date.partition("-")
         dates = (first, last or first)
+    elif config.recent_days:
+        last_day = today or date.today()
+        first_day = last_day - timedelta(days=config.recent_days - 1)
+        dates = (first_day.strftime("%Y%m%d"), last_day.strftime("%Y%m%d"))
     try:
         return SeriesFilter(study_date=dates, modality=config.modality, series_description=config.series_description)
     except (ValueError, re.error) as error:

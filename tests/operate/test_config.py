@@ -14,6 +14,7 @@ from importlib import import_module
 import pytest
 import yaml
 
+from tasks.config import load_params
 from tests.conftest import BIN, REPO
 
 
@@ -53,6 +54,9 @@ def test_prefect_yaml_deployments_match_the_flows() -> None:
     (every,) = sync["schedules"]
     assert every["interval"] == 900  # every 15 minutes, paused until a PACS is configured
     assert sync["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}  # never two at once
+    # a date window, valid on top of the repository's params.yaml: a run never scans the whole PACS
+    params = load_params(REPO / "params.yaml", sync["parameters"]["overrides"])
+    assert params.pacs.recent_days == 2 and params.pacs.study_date is None
 
 
 def test_make_targets_serve_on_loopback() -> None:

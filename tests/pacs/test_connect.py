@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 
 from tasks.config import ConfigError, validate_params
@@ -55,3 +57,16 @@ def test_filters_are_checked_when_params_yaml_is_read():
         series_filter(pacs(study_date="20260131-20260101"))
     with pytest.raises((ConfigError, ValueError), match="series_description is not a regular expression"):
         pacs(series_description="(unclosed")
+
+
+def test_recent_days_counts_back_from_today_and_excludes_a_fixed_range():
+    assert series_filter(pacs(recent_days=1), today=date(2026, 3, 1)).study_date == ("20260301", "20260301")
+    assert series_filter(pacs(recent_days=2), today=date(2026, 3, 1)).study_date == ("20260228", "20260301")
+    assert series_filter(pacs(recent_days=366), today=date(2024, 12, 31)).study_date == ("20240101", "20241231")
+    today = date.today().strftime("%Y%m%d")
+    assert series_filter(pacs(recent_days=3)).study_date[1] == today
+    assert series_filter(pacs()).study_date is None  # no window: every series
+    with pytest.raises((ConfigError, ValueError), match="study_date .* or recent_days .*not both"):
+        pacs(study_date="20260101", recent_days=2)
+    with pytest.raises((ConfigError, ValueError), match="recent_days"):
+        pacs(recent_days=0)

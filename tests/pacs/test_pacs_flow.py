@@ -136,7 +136,9 @@ def texts_under(folder: Path) -> Iterator[tuple[Path, bytes]]:
 def test_pacs_sync_cli_over_dicomweb(project: Path, home: Path, checkpoint: Path, fresh_orthanc) -> None:
     corpus = make_corpus(seed=1)
     upload(fresh_orthanc, corpus)
-    done = pacs_sync(project, home, "--url", fresh_orthanc.dicomweb_url, "--model", str(checkpoint))
+    # a date window on the command line replaces params.yaml's (which would find nothing: 1999)
+    done = pacs_sync(project, home, "--url", fresh_orthanc.dicomweb_url, "--model", str(checkpoint),
+                     "--set", "pacs.study_date=19990101", "--recent-days", "36500")
     summary = assert_synced(done, fresh_orthanc, corpus)
     assert summary["model_uri"] == str(checkpoint)
     work_dir = project / "outputs" / "pacs"
@@ -197,7 +199,8 @@ def test_pacs_sync_with_the_champion_leaves_no_patient_data(project: Path, home:
 def test_pacs_sync_cli_over_dimse(project: Path, home: Path, checkpoint: Path, fresh_orthanc) -> None:
     corpus = make_corpus(seed=2)
     upload(fresh_orthanc, corpus)
-    done = pacs_sync(project, home, "--dimse", fresh_orthanc.dimse, "--model", str(checkpoint))
+    done = pacs_sync(project, home, "--dimse", fresh_orthanc.dimse, "--model", str(checkpoint),
+                     "--set", "pacs.recent_days=2", "--study-date", "20240101-20241231")  # the window: 2024
     assert_synced(done, fresh_orthanc, corpus)
 
 
