@@ -68,7 +68,8 @@ class SyncSummary:
 
 
 class FailureMemory:
-    """``state.json``: series that failed for a data reason, by pseudonym, with their fingerprint."""
+    """``state.json``: series that failed for a data reason, or that only their files showed need no work (a
+    localizer), by pseudonym, with their fingerprint and status: not fetched again until they change."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -78,22 +79,24 @@ class FailureMemory:
             self.failed = dict(payload.get("failed", {})) if isinstance(payload, dict) else {}
 
     def unchanged_before_fetch(self, name: str, ref: SeriesRef) -> str | None:
-        """The remembered reason when the PACS's instance count says the series did not change."""
+        """``<status> before and unchanged: <reason>`` when the PACS's instance count says the series did not
+        change since it was remembered; else None."""
         prior = self.failed.get(name)
         if prior and ref.instances is not None and prior.get("instances") == ref.instances:
-            return str(prior.get("reason", ""))
+            return _unchanged(prior)
         return None
 
     def unchanged_after_fetch(self, name: str, ref: SeriesRef, sha256: str) -> str | None:
-        """The remembered reason when no count could decide and the SOPInstanceUIDs are the same as then."""
+        """The same when no count could decide and the SOPInstanceUIDs are the same as then."""
         prior = self.failed.get(name)
         undecided = ref.instances is None or (prior or {}).get("instances") is None
         if prior and undecided and prior.get("uids_sha256") == sha256:
-            return str(prior.get("reason", ""))
+            return _unchanged(prior)
         return None
 
-    def remember(self, name: str, reason: str, instances: int | None, uids_sha256: str | None) -> None:
-        self.failed[name] = {"reason": reason, "instances": instances, "uids_sha256": uids_sha256,
+    def remember(self, name: str, reason: str, instances: int | None, uids_sha256: str | None,
+                 status: Status = "failed") -> None:
+        self.failed[name] = {"status": status, "reason": reason, "instances": instances, "uids_sha256": uids_sha256,
                              "at": datetime.now(UTC).isoformat(timespec="seconds")}
 
     def forget(self, name: str) -> None:
@@ -101,6 +104,10 @@ class FailureMemory:
 
     def save(self) -> None:
         write_json(self.path, {"version": STATE_VERSION, "failed": self.failed})
+
+
+def _unchanged(prior: dict[str, Any]) -> str:
+    return f"{prior.get('status', 'failed')} before and unchanged: {prior.get('reason', '')}"
 
 
 def read_json(path: Path) -> Any:

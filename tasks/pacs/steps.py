@@ -54,6 +54,9 @@ NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "DOC", "REG", "FID", 
 MAX_REASON = 400
 #: Digits-and-dots runs long enough to be a UID, never an IPv4 address (at most 15 characters).
 _UID_LIKE = re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?![\d.])")
+#: ImageType value 3 of a scout (topogram, scanogram): one or a few projection images, in a CT or MR study.
+LOCALIZER = "LOCALIZER"
+LOCALIZER_REASON = "a localizer (scout) series: projection images, not a volume to segment"
 #: Exceptions from reading or segmenting that mean "this series' data", not "this machine" (memory, disk, bug).
 _DATA_ERRORS = (CaseRejected, ValueError, InvalidDicomError)
 
@@ -118,7 +121,7 @@ class InFlight:
 
 @dataclass
 class Finished:
-    """A series' outcome. ``remember``: it failed for a data reason, skipped next time unless it changed."""
+    """A series' outcome. ``remember``: not fetched again until it changes (a data failure, a localizer)."""
 
     series: Series
     status: Status
@@ -169,13 +172,14 @@ def prepare(context: SyncContext, ref: SeriesRef) -> InFlight | Finished:
             return Finished(series, "skipped", f"already segmented by {settings.model_name} v{settings.model_version}")
         remembered = context.memory.unchanged_before_fetch(series.name, ref)
         if remembered is not None:
-            return Finished(series, "skipped", f"failed before and unchanged: {remembered}")
+            return Finished(series, "skipped", remembered)
         shutil.rmtree(folder, ignore_errors=True)
-        files = _fetch(context.transport, series, folder / "dicom")
+        files, image_type = _fetch(context.transport, series, folder / "dicom")
         remembered = context.memory.unchanged_after_fetch(series.name, ref, series.instances_sha256 or "")
-        if remembered is not None:
+        if remembered is not None or LOCALIZER in image_type:
             shutil.rmtree(folder, ignore_errors=True)
-            return Finished(series, "skipped", series.scrub(f"failed before and unchanged: {remembered}"))
+            return (Finished(series, "skipped", series.scrub(remembered)) if remembered is not None
+                    else Finished(series, "skipped", LOCALIZER_REASON, remember=True))
         case = _single_case(folder / "dicom", settings.salt, files)
         return InFlight(series, folder, [kind for kind, present in have.items() if not present], case)
     except Exception as error:  # noqa: BLE001 — every failure is this series' outcome
@@ -198,9 +202,10 @@ def unsupported_reason(ref: SeriesRef, plan: Plan) -> str | None:
     return None
 
 
-def _fetch(transport: Transport, series: Series, folder: Path) -> list[Path]:
+def _fetch(transport: Transport, series: Series, folder: Path) -> tuple[list[Path], set[str]]:
     """The series' files renamed ``00001.dcm``… (the transport names them by SOPInstanceUID, and file names end
-    up in reasons); records the fingerprint and learns the UIDs and patient identity to scrub."""
+    up in reasons) and the first one's ImageType values; records the fingerprint and learns the UIDs and patient
+    identity to scrub."""
     try:
         fetched = sorted(transport.fetch_series(series.ref, folder))
     except PacsError as error:
@@ -215,19 +220,21 @@ def _fetch(transport: Transport, series: Series, folder: Path) -> list[Path]:
         target = folder / f"{index:05d}.dcm"
         os.replace(path, target)
         renamed.append(target)
-    series.tokens = _patient_tokens(renamed)
-    return renamed
+    header = _first_header(renamed)
+    series.tokens = identity_tokens(str(header.get("PatientName", "") or ""), str(header.get("PatientID", "") or ""))
+    image_type = header.get("ImageType", None) or []
+    return renamed, {str(value).upper() for value in ([image_type] if isinstance(image_type, str) else image_type)}
 
 
-def _patient_tokens(files: list[Path]) -> set[str]:
-    """The patient's name and ID fragments, from the first readable header, to keep them out of reasons."""
+def _first_header(files: list[Path]) -> pydicom.Dataset:
+    """The first readable header's name, ID (to keep them out of reasons) and ImageType; empty if none reads."""
     for path in files:
         try:
-            header = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
+            return pydicom.dcmread(str(path), stop_before_pixels=True,
+                                   specific_tags=["PatientName", "PatientID", "ImageType"])
         except Exception:  # noqa: BLE001 — any unreadable file is reported by the reader later
             continue
-        return identity_tokens(str(header.get("PatientName", "") or ""), str(header.get("PatientID", "") or ""))
-    return set()
+    return pydicom.Dataset()
 
 
 def _single_case(folder: Path, salt: str, files: list[Path]) -> InferCase:

@@ -7,9 +7,10 @@ Why it is shaped this way:
   series the sync asks the PACS whether they exist: nothing is ever stored twice, and a run killed between
   the SEG and the SR only adds the missing one next time. A new model version names new results.
 * **Bad data is not retried forever.** A series that failed for a *data* reason (unreadable, not one series,
-  no SEG possible) is remembered in ``<work_dir>/state.json`` with a fingerprint (instance count, or the hash
-  of its sorted SOPInstanceUIDs) and skipped until it changes. Transport failures are never remembered: the
-  next sync retries them. One series failing never stops the others.
+  no SEG possible), or whose files showed a localizer (scout), is remembered in ``<work_dir>/state.json``
+  with a fingerprint (instance count, or the hash of its sorted SOPInstanceUIDs) and skipped until it
+  changes. Transport failures are never remembered: the next sync retries them. One series failing never
+  stops the others.
 * **No patient data kept or logged.** Everything fetched or written that carries identity (the DICOM files,
   the SEG/SR, the infer report) lives in a temporary folder that is removed when the series is finished,
   whatever happened. What stays is named by the series' salted pseudonym: the NIfTI mask and a small
@@ -128,8 +129,8 @@ def _completed(finished: Finished) -> Future[Finished]:
 def _record(finished: Finished, memory: FailureMemory) -> SeriesOutcome:
     """The outcome as reported, logged and remembered (``state.json`` saved at once)."""
     series = finished.series
-    if finished.status == "failed" and finished.remember:
-        memory.remember(series.name, finished.reason, series.ref.instances, series.instances_sha256)
+    if finished.remember:
+        memory.remember(series.name, finished.reason, series.ref.instances, series.instances_sha256, finished.status)
     if finished.status == "done":
         memory.forget(series.name)
     memory.save()

@@ -25,6 +25,7 @@ from tasks.pacs.dimse import DimseTransport, parse_dimse
 from tasks.pacs.orthanc import OrthancServer
 from tasks.pacs.outcomes import SyncSummary
 from tasks.pacs.results import result_pseudonym, result_uids
+from tasks.pacs.steps import LOCALIZER_REASON
 from tasks.pacs.sync import SyncSettings, sync_pacs, unsupported_reason
 from tasks.pacs.transport import RetryPolicy, SeriesFilter, SeriesRef
 from tests.infer.helpers import ThresholdNet, plan_for, settings
@@ -285,6 +286,25 @@ def test_next_series_fetched_while_one_is_segmented(fresh_orthanc: OrthancServer
     transport = recording("dicomweb", fresh_orthanc, before_fetch=lambda n: n == 2 and second_fetch.set())
     summary = sync(transport, tmp_path / "work", model=WaitingNet(3, level=500.0))
     assert summary.done == 3 and waited == [True]
+
+
+def test_localizer_is_skipped_not_failed_and_not_fetched_again(fresh_orthanc: OrthancServer, tmp_path: Path) -> None:
+    """Every CT study holds a scout (AP and lateral projections): not a failure, and not fetched every run."""
+    studies = make_studies((SeriesSpec("scout", "20240305", "CT", "Topogram 0.6 T20f", "A"), SPECS[0]))
+    scout = studies["scout"][:2]
+    for ds in scout:
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout[1].ImageOrientationPatient, scout[1].ImagePositionPatient = [0, 1, 0, 0, 0, -1], [0, -8, 8]  # lateral
+    studies["scout"] = scout
+    upload(fresh_orthanc, [ds for series in studies.values() for ds in series])
+    transport, work_dir = recording("dicomweb", fresh_orthanc), tmp_path / "work"
+    first = by_name(sync(transport, work_dir))
+    assert first[name_of(scout)] == ("skipped", LOCALIZER_REASON)
+    assert first[name_of(studies["a_ct"])] == ("done", "") and sorted(transport.stored) == ["SEG", "SR"]
+    transport = recording("dicomweb", fresh_orthanc)
+    second = by_name(sync(transport, work_dir))
+    assert second[name_of(scout)] == ("skipped", f"skipped before and unchanged: {LOCALIZER_REASON}")
+    assert transport.fetches == 0 and transport.stored == []
 
 
 # ------------------------------------------------------------------------------------------------ outage
