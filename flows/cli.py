@@ -139,9 +139,10 @@ def pacs_sync(root: RootOpt = Path("."), params: ParamsOpt = Path("params.yaml")
     flags = {"url": url, "dimse": dimse, "study_date": study_date, "recent_days": recent_days,
              "modality": modality, "series_description": series_description}
     overrides = [*(set or []), *(f"pacs.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)]
-    if url or dimse:  # the command line's transport replaces the one params.yaml names
+    # one transport or date filter on the command line replaces the one params.yaml names (both: the schema refuses)
+    if bool(url) != bool(dimse):
         overrides.append(f"pacs.{'dimse' if url else 'url'}=null")
-    if study_date or recent_days:  # and its date filter the one params.yaml gives
+    if bool(study_date) != bool(recent_days):
         overrides.append(f"pacs.{'recent_days' if study_date else 'study_date'}=null")
     _show(pacs_sync_flow(**_checked(root, params, overrides), model=model, trust_pickled_model=trust_pickled_model))
 

@@ -126,7 +126,6 @@ def pacs_sync_flow(root: str = ".", params_file: str | None = "params.yaml", ove
     # a run or a checkpoint has no registry name: the weights' hash names the results (a new one, new results)
     model_name = settings.model_name or params.tracking.model_name
     model_version = settings.model_version or settings.model_id[:12]
-    settings = replace(settings, model_name=model_name, model_version=model_version)
     sync = SyncSettings(filters=series_filter(config), work_dir=root_path / config.work_dir,
                         salt=params.data.dicom_id_salt, model_name=model_name, model_version=model_version,
                         infer=settings)

@@ -71,12 +71,13 @@ def native_case(dataset_dir: Path, case: dict, plan: Plan) -> dict:
 
 
 def score_cases(model: torch.nn.Module, plan: Plan, dataset_dir: Path, cases: list[dict], overlap: float,
-                device: torch.device, instance_method: str = "none") -> list[dict]:
+                device: torch.device, instance_method: str = "none", objects: bool = True) -> list[dict]:
     """Per-case test metrics on each case's native grid, one case in memory at a time: mean foreground Dice,
     IoU and HD95 (mm), Dice per class, relative volume error, and the seconds the prediction took; with an
     instance map, the object scores too (:func:`~tasks.evaluation.object_metrics.case_object_row`) of the
     objects inference would write (``instance_method``, or what suits the model:
-    :func:`~tasks.inference.instances.measured_method`)."""
+    :func:`~tasks.inference.instances.measured_method`); ``objects=False`` skips them (a caller that keeps only
+    Dice and IoU need not pay for a watershed per case)."""
     method = measured_method(plan.border_core, instance_method)
     rows = []
     for case in cases:
@@ -89,8 +90,8 @@ def score_cases(model: torch.nn.Module, plan: Plan, dataset_dir: Path, cases: li
         iou = iou_per_class(prediction, truth, plan.num_classes)
         hd95 = hd95_per_class(prediction, truth, plan.num_classes, item.get("spacing"))
         true_volume = int((truth > 0).sum())
-        instances = item.pop("instances", None)
-        objects = {} if instances is None else case_object_row(class_object_scores(
+        instances = item.pop("instances", None) if objects else None
+        scores = {} if instances is None else case_object_row(class_object_scores(
             prediction, truth, instances, plan.num_classes, instances_from_labels(
                 prediction, method, spacing=item["spacing"], border_probability=border).ids))
         rows.append({"case_id": item["case_id"], "dice": float(np.mean(list(dice.values()))),
@@ -98,7 +99,7 @@ def score_cases(model: torch.nn.Module, plan: Plan, dataset_dir: Path, cases: li
                      if not all(np.isnan(list(hd95.values()))) else float("nan"),
                      **{f"dice_{c}": v for c, v in dice.items()},
                      "volume_error": abs(int((prediction > 0).sum()) - true_volume) / max(true_volume, 1),
-                     "seconds": seconds, **objects})
+                     "seconds": seconds, **scores})
     return rows
 
 
@@ -114,7 +115,8 @@ def score_unetpp_levels(model: torch.nn.Module, plan: Plan, dataset_dir: Path, c
     modes = [(f"L{level}", level, "last") for level in unetpp_levels(plan)]
     rows = []
     for name, level, heads in [*modes, *([("heads_mean", None, "mean")] if modes else [])]:
-        scored = score_cases(model_for_mode(model, plan, level, heads), plan, dataset_dir, cases, overlap, device)
+        scored = score_cases(model_for_mode(model, plan, level, heads), plan, dataset_dir, cases, overlap, device,
+                             objects=False)
         dice, iou = summarize(scored)
         seconds = float(np.mean([c["seconds"] for c in scored])) if scored else float("nan")
         rows.append({"mode": name, "test_dice": dice, "test_iou": iou, "seconds_per_case": seconds})

@@ -42,11 +42,11 @@ def predict_on_native_grid(model: nn.Module, plan: Plan, image: np.ndarray, spac
     native_shape = tuple(int(s) for s in image.shape[1:])
     target = resampling_target(native_shape, spacing, plan.target_spacing)
     if target is None:
-        return predict_windows(model, image, settings, device, with_class, plan.num_classes)
+        return predict_windows(model, image, settings, device, with_class, num_classes=plan.num_classes)
     assert spacing is not None
     native = tuple(float(s) for s in spacing[:len(native_shape)])
     prediction = predict_windows(model, resample_image(image, native, target), settings, device, with_class,
-                                 plan.num_classes)
+                                 num_classes=plan.num_classes)
 
     def back(volume: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(resample_probabilities(volume.float().cpu().numpy(), target, native, native_shape))

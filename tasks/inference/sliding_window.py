@@ -71,8 +71,8 @@ def _stitch_device(device: torch.device, channels: int, spatial: tuple[int, ...]
 
 @torch.no_grad()
 def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings: WindowSettings,
-                    device: torch.device | str = "cpu", with_class: bool = True,
-                    num_classes: int | None = None) -> WindowedPrediction:
+                    device: torch.device | str = "cpu", with_class: bool = True, *,
+                    num_classes: int) -> WindowedPrediction:
     """Sliding windows (MONAI, Gaussian blending, ``sw_batch_size`` windows per pass) over ``C×…``.
 
     Windows run on ``device``; the blended volume lives where :func:`_stitch_device` puts it (the CPU
@@ -82,7 +82,8 @@ def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings
     A valid-padding network (output smaller than its window) runs overlap-tile instead
     (:mod:`tasks.inference.overlap_tile`): ``roi_size`` is then its input tile, the image is mirrored by
     the margin and each window's output tile lands in its place, so the result still has the image's size.
-    ``num_classes`` (the plan's): a network with one channel more is a border-core one, its rim folded back.
+    ``num_classes`` (the plan's, required): a network with one channel more is a border-core one, its rim folded
+    back; were it optional, a caller forgetting it would get the rim as an extra class in the argmax, silently.
     """
     device = torch.device(device)
     tensor = torch.as_tensor(image, dtype=torch.float32)[None]
@@ -130,20 +131,18 @@ def predict_windows(model: nn.Module, image: np.ndarray | torch.Tensor, settings
     presence = None
     if isinstance(output, tuple):
         output, presence = output[0], output[1][0].float().cpu()
-    probabilities, border = output[0].float().cpu(), None
-    if num_classes is not None:
-        probabilities, border = fold_border(probabilities, num_classes)
+    probabilities, border = fold_border(output[0].float().cpu(), num_classes)  # raises on a channel mismatch
     return WindowedPrediction(probabilities, presence, window_probabilities, border)
 
 
 def predict_labels(model: nn.Module, image: np.ndarray | torch.Tensor, roi_size: tuple[int, ...],
                    overlap: float = 0.25, sw_batch_size: int = 4,
-                   device: torch.device | str = "cpu", num_classes: int | None = None) -> np.ndarray:
+                   device: torch.device | str = "cpu", *, num_classes: int) -> np.ndarray:
     """The argmax label map through the same windows as batch inference (no TTA, no CGM gate).
 
     Validation and test metrics are thereby measured on exactly what ``unetflow infer`` produces.
     """
     settings = WindowSettings(roi_size=tuple(roi_size), overlap=overlap, sw_batch_size=sw_batch_size, amp=False,
                               stitch_device="cpu")
-    return predict_windows(model, image, settings, device, False, num_classes).probabilities.argmax(0).to(
-        torch.uint8).numpy()
+    return predict_windows(model, image, settings, device, False, num_classes=num_classes).probabilities.argmax(
+        0).to(torch.uint8).numpy()

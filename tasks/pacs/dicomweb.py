@@ -141,19 +141,18 @@ class DicomwebTransport:
 
         return self._call(f"WADO-RS fetch of series {uid_tag(ref.series_uid)}", fetch)
 
-    def series_exists(self, study_uid: str, series_uid: str) -> bool:
-        def search() -> bool:
-            try:
-                rows = self._client.search_for_series(
-                    study_instance_uid=study_uid, fields=["SeriesInstanceUID"],
-                    search_filters={"SeriesInstanceUID": series_uid})
+    def existing_series(self, study_uid: str, series_uids: Sequence[str]) -> set[str]:
+        def search() -> set[str]:
+            try:  # the study's series in one QIDO (a study holds a handful), not one lookup per UID
+                rows = self._client.search_for_series(study_instance_uid=study_uid, fields=["SeriesInstanceUID"],
+                                                      get_remaining=True)
             except requests.HTTPError as exc:
                 if exc.response is not None and exc.response.status_code == 404:  # unknown study
-                    return False
+                    return set()
                 raise
-            return any(_value(row, "0020000E") == series_uid for row in rows)
+            return set(series_uids) & {_value(row, "0020000E") for row in rows}
 
-        return self._call(f"QIDO lookup of series {uid_tag(series_uid)}", search)
+        return self._call(f"QIDO lookup of the series of study {uid_tag(study_uid)}", search)
 
     def store(self, datasets: Sequence[pydicom.Dataset]) -> None:
         if not datasets:

@@ -48,7 +48,7 @@ from tasks.pacs.transport import (
     series_refs,
     uid_tag,
     with_retries,
-    write_instance,
+    write_instance_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,10 @@ class DimseTransport:
         refs = self._call("C-FIND series", lambda: self._find_series(filters))
         return series_refs(refs, filters)
 
-    def series_exists(self, study_uid: str, series_uid: str) -> bool:
-        query = _series_query(StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid)
-        rows = self._call(f"C-FIND of series {uid_tag(series_uid)}", lambda: self._find([query])[0])
-        return any(str(row.get("SeriesInstanceUID", "")) == series_uid for row in rows)
+    def existing_series(self, study_uid: str, series_uids: Sequence[str]) -> set[str]:
+        queries = [_series_query(StudyInstanceUID=study_uid, SeriesInstanceUID=uid) for uid in series_uids]
+        answers = self._call(f"C-FIND of series in study {uid_tag(study_uid)}", lambda: self._find(queries))
+        return set(series_uids) & {str(row.get("SeriesInstanceUID", "")) for rows in answers for row in rows}
 
     def fetch_series(self, ref: SeriesRef, target_dir: Path) -> list[Path]:
         Path(target_dir).mkdir(parents=True, exist_ok=True)
@@ -154,9 +154,8 @@ class DimseTransport:
 
         def on_store(event: evt.Event) -> int:
             try:
-                ds = event.dataset
-                ds.file_meta = event.file_meta
-                written.append(write_instance(ds, target_dir))
+                # written as received (preamble, file meta, the peer's encoding), never decoded and re-encoded
+                written.append(write_instance_bytes(event.encoded_dataset(), target_dir))
                 return _SUCCESS
             except Exception as exc:  # noqa: BLE001 - reported to the PACS as a failed sub-operation
                 failures.append(f"{type(exc).__name__}: {exc}")

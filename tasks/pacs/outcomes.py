@@ -99,8 +99,9 @@ class FailureMemory:
         self.failed[name] = {"status": status, "reason": reason, "instances": instances, "uids_sha256": uids_sha256,
                              "at": datetime.now(UTC).isoformat(timespec="seconds")}
 
-    def forget(self, name: str) -> None:
-        self.failed.pop(name, None)
+    def forget(self, name: str) -> bool:
+        """Forget ``name``; whether it was remembered (the file needs saving only then)."""
+        return self.failed.pop(name, None) is not None
 
     def save(self) -> None:
         write_json(self.path, {"version": STATE_VERSION, "failed": self.failed})

@@ -19,19 +19,16 @@ patient name, patient ID or raw UIDs.
 from __future__ import annotations
 
 import copy
-import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import pydicom
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from tasks.common.names import printable, pseudonym
-from tasks.inference.dicom_seg import SOFTWARE, SegIdentity, encode_dicom_seg, with_type2_defaults
+from tasks.common.names import pseudonym
+from tasks.inference.dicom_seg import SOFTWARE, SegIdentity, with_type2_defaults
 
 MILLILITER = Code("ml", "UCUM", "milliliter")
 SR_SERIES_OFFSET = 1001  # the SR's series number: the source's + 1001 (the SEG's is + 1000)
@@ -64,51 +61,15 @@ def result_pseudonym(salt: str, study_uid: str, series_uid: str) -> str:
     return pseudonym(salt, study_uid, series_uid)
 
 
-def describe_result(salt: str, study_uid: str, series_uid: str, model_name: str, model_version: str) -> str:
-    """A log token for one result: ``dcm-… <model> v<version>``, with no patient identity and no raw UID."""
-    return printable(f"{result_pseudonym(salt, study_uid, series_uid)} {model_name} v{model_version}")
-
-
 def series_description(model_name: str, model_version: str, suffix: str = "") -> str:
     """``unetflow <model> v<version>[ suffix]``, cut to the 64 characters a LO value holds."""
     return f"{SOFTWARE} {model_name} v{model_version}{suffix}"[:64]
 
 
-def class_volumes_ml(labels_xyz: np.ndarray, voxel_volume_mm3: float,
-                     label_names: dict[str, int] | list[str]) -> dict[str, float]:
-    """Volume in ml of every foreground class of the plan (0.0 when the label map lacks it)."""
-    pairs = label_names.items() if isinstance(label_names, dict) else ((n, v) for v, n in enumerate(label_names))
-    classes = {str(name): int(value) for name, value in pairs if int(value) != 0}
-    highest = max(classes.values(), default=0)
-    counts = np.bincount(np.asarray(labels_xyz).ravel().astype(np.int64), minlength=highest + 1)
-    return {name: float(counts[value]) * float(voxel_volume_mm3) / 1000.0 for name, value in classes.items()}
-
-
-def grid_voxel_mm3(source_headers: Sequence[pydicom.Dataset]) -> float:
-    """Voxel volume of a source series' grid: pixel spacing × the distance between slices along their normal.
-
-    A single slice has no neighbour: its SliceThickness stands in for the distance.
-    """
-    rows, columns = (float(v) for v in source_headers[0].PixelSpacing)
-    if len(source_headers) < 2:
-        return rows * columns * float(source_headers[0].SliceThickness)
-    orientation = np.asarray(source_headers[0].ImageOrientationPatient, dtype=float)
-    normal = np.cross(orientation[:3], orientation[3:])
-    first, second = (np.asarray(h.ImagePositionPatient, dtype=float) for h in source_headers[:2])
-    return rows * columns * abs(float(np.dot(second - first, normal)))
-
-
-def build_seg(labels_xyz: np.ndarray, source_files: Sequence[Path], plan_label_names: dict[str, int] | list[str],
-              num_classes: int, model_name: str, model_version: str, uids: ResultUids,
-              name: Callable[[Path], str] = lambda path: path.name) -> pydicom.Dataset:
-    """The SEG of ``labels_xyz`` (X × Y × Z in ``source_files`` order) with the result's UIDs, as a dataset.
-
-    Raises :class:`~tasks.inference.dicom_seg.SegUnavailable` when the sources cannot give a SEG.
-    """
-    identity = SegIdentity(algorithm=model_name, series_uid=uids.seg_series, instance_uid=uids.seg_instance,
-                           series_description=series_description(model_name, model_version))
-    data = encode_dicom_seg(labels_xyz, source_files, plan_label_names, num_classes, model_version, name, identity)
-    return pydicom.dcmread(io.BytesIO(data))
+def seg_identity(model_name: str, model_version: str, uids: ResultUids) -> SegIdentity:
+    """What the SEG of this result is named by: the model as its algorithm, the result's UIDs."""
+    return SegIdentity(algorithm=model_name, series_uid=uids.seg_series, instance_uid=uids.seg_instance,
+                       series_description=series_description(model_name, model_version))
 
 
 def _series_number(source: pydicom.Dataset, offset: int) -> int:

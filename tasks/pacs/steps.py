@@ -22,7 +22,6 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,15 @@ from tasks.common.atomic import write_json
 from tasks.common.errors import CaseRejected
 from tasks.common.names import identity_tokens
 from tasks.common.plan import Plan
-from tasks.inference.dicom_seg import SegIdentity
 from tasks.inference.inputs import InferCase, discover_cases
-from tasks.inference.segment import InferSettings, segment_case
+from tasks.inference.segment import InferSettings, segment_case, utc_now
 from tasks.pacs.outcomes import FailureMemory, Status
 from tasks.pacs.results import (
     ResultUids,
     build_volume_report,
     result_pseudonym,
     result_uids,
-    series_description,
+    seg_identity,
     source_evidence,
 )
 from tasks.pacs.transport import PacsError, PacsRejected, PacsUnavailable, SeriesFilter, SeriesRef, Transport
@@ -110,12 +108,14 @@ class Series:
 
 @dataclass
 class InFlight:
-    """A series between steps: its temporary folder, which results the PACS lacks, what segmenting gave."""
+    """A series between steps: its temporary folder, which results the PACS lacks, its first header (read once:
+    patient and study for the SR), what segmenting gave."""
 
     series: Series
     folder: Path
     missing: list[str]
     case: InferCase | None = None
+    source_header: pydicom.Dataset | None = None
     report: dict[str, Any] | None = None
 
 
@@ -166,22 +166,23 @@ def prepare(context: SyncContext, ref: SeriesRef) -> InFlight | Finished:
         why_not = unsupported_reason(ref, context.plan)
         if why_not:
             return Finished(series, "skipped", why_not)
-        have = {kind: context.transport.series_exists(ref.study_uid, uid)
-                for kind, uid in (("SEG", series.uids.seg_series), ("SR", series.uids.sr_series))}
-        if all(have.values()):
-            return Finished(series, "skipped", f"already segmented by {settings.model_name} v{settings.model_version}")
-        remembered = context.memory.unchanged_before_fetch(series.name, ref)
+        remembered = context.memory.unchanged_before_fetch(series.name, ref)  # local: before asking the PACS
         if remembered is not None:
             return Finished(series, "skipped", remembered)
+        results = {"SEG": series.uids.seg_series, "SR": series.uids.sr_series}
+        found = context.transport.existing_series(ref.study_uid, list(results.values()))
+        have = {kind: uid in found for kind, uid in results.items()}
+        if all(have.values()):
+            return Finished(series, "skipped", f"already segmented by {settings.model_name} v{settings.model_version}")
         shutil.rmtree(folder, ignore_errors=True)
-        files, image_type = _fetch(context.transport, series, folder / "dicom")
+        files, header = _fetch(context.transport, series, folder / "dicom")
         remembered = context.memory.unchanged_after_fetch(series.name, ref, series.instances_sha256 or "")
-        if remembered is not None or LOCALIZER in image_type:
+        if remembered is not None or LOCALIZER in _image_type(header):
             shutil.rmtree(folder, ignore_errors=True)
             return (Finished(series, "skipped", series.scrub(remembered)) if remembered is not None
                     else Finished(series, "skipped", LOCALIZER_REASON, remember=True))
         case = _single_case(folder / "dicom", settings.salt, files)
-        return InFlight(series, folder, [kind for kind, present in have.items() if not present], case)
+        return InFlight(series, folder, [kind for kind, present in have.items() if not present], case, header)
     except Exception as error:  # noqa: BLE001 — every failure is this series' outcome
         shutil.rmtree(folder, ignore_errors=True)
         return _finished_by(series, error)
@@ -202,9 +203,9 @@ def unsupported_reason(ref: SeriesRef, plan: Plan) -> str | None:
     return None
 
 
-def _fetch(transport: Transport, series: Series, folder: Path) -> tuple[list[Path], set[str]]:
+def _fetch(transport: Transport, series: Series, folder: Path) -> tuple[list[Path], pydicom.Dataset]:
     """The series' files renamed ``00001.dcm``… (the transport names them by SOPInstanceUID, and file names end
-    up in reasons) and the first one's ImageType values; records the fingerprint and learns the UIDs and patient
+    up in reasons) and the first readable header; records the fingerprint and learns the UIDs and patient
     identity to scrub."""
     try:
         fetched = sorted(transport.fetch_series(series.ref, folder))
@@ -222,19 +223,22 @@ def _fetch(transport: Transport, series: Series, folder: Path) -> tuple[list[Pat
         renamed.append(target)
     header = _first_header(renamed)
     series.tokens = identity_tokens(str(header.get("PatientName", "") or ""), str(header.get("PatientID", "") or ""))
-    image_type = header.get("ImageType", None) or []
-    return renamed, {str(value).upper() for value in ([image_type] if isinstance(image_type, str) else image_type)}
+    return renamed, header
 
 
 def _first_header(files: list[Path]) -> pydicom.Dataset:
-    """The first readable header's name, ID (to keep them out of reasons) and ImageType; empty if none reads."""
+    """The first readable header, pixels not read; empty if none reads."""
     for path in files:
         try:
-            return pydicom.dcmread(str(path), stop_before_pixels=True,
-                                   specific_tags=["PatientName", "PatientID", "ImageType"])
+            return pydicom.dcmread(str(path), stop_before_pixels=True)
         except Exception:  # noqa: BLE001 — any unreadable file is reported by the reader later
             continue
     return pydicom.Dataset()
+
+
+def _image_type(header: pydicom.Dataset) -> set[str]:
+    value = header.get("ImageType", None) or []
+    return {str(item).upper() for item in ([value] if isinstance(value, str) else value)}
 
 
 def _single_case(folder: Path, salt: str, files: list[Path]) -> InferCase:
@@ -262,9 +266,7 @@ def segment(context: SyncContext, work: InFlight) -> InFlight | Finished:
 def _segment_case(context: SyncContext, work: InFlight) -> dict[str, Any]:
     settings, series, case = context.settings, work.series, work.case
     assert case is not None
-    identity = SegIdentity(algorithm=settings.model_name, series_uid=series.uids.seg_series,
-                           instance_uid=series.uids.seg_instance,
-                           series_description=series_description(settings.model_name, settings.model_version))
+    identity = seg_identity(settings.model_name, settings.model_version, series.uids)
     infer = dataclasses.replace(settings.infer, dicom_seg=True, input_root=str(case.files[0].parent),
                                 model_name=settings.model_name, model_version=settings.model_version)
     out_dir = work.folder / "out"
@@ -285,8 +287,8 @@ def store(context: SyncContext, work: InFlight) -> Finished:
     """Build the SR from the written SEG, store the ``missing`` results (SEG first), keep the local result."""
     series = work.series
     try:
-        assert work.case is not None and work.report is not None
-        _store_results(context, work.case, work.report, work.folder / "out", series, work.missing)
+        assert work.source_header is not None and work.report is not None
+        _store_results(context, work.source_header, work.report, work.folder / "out", series, work.missing)
         _keep_result(context.settings, series, work.report)
         return Finished(series, "done", volumes_ml=dict(work.report["class_volumes_ml"]))
     except Exception as error:  # noqa: BLE001
@@ -295,15 +297,14 @@ def store(context: SyncContext, work: InFlight) -> Finished:
         shutil.rmtree(work.folder, ignore_errors=True)
 
 
-def _store_results(context: SyncContext, case: InferCase, report: dict[str, Any], out_dir: Path, series: Series,
-                   missing: list[str]) -> None:
+def _store_results(context: SyncContext, source_header: pydicom.Dataset, report: dict[str, Any], out_dir: Path,
+                   series: Series, missing: list[str]) -> None:
     settings = context.settings
     seg = pydicom.dcmread(str(out_dir / report["dicom_seg"]))
     try:
         # Patient and study from the first slice; the other slices are known from the SEG's references.
-        first = pydicom.dcmread(str(case.files[0]), stop_before_pixels=True)
-        sr = build_volume_report(seg, source_evidence(first, seg), report["class_volumes_ml"], settings.model_name,
-                                 settings.model_version, series.uids)
+        sr = build_volume_report(seg, source_evidence(source_header, seg), report["class_volumes_ml"],
+                                 settings.model_name, settings.model_version, series.uids)
     except _DATA_ERRORS as error:
         raise _Failed(f"no volume report: {type(error).__name__}: {error}", remember=True) from error
     for kind, dataset in (("SEG", seg), ("SR", sr)):
@@ -325,7 +326,3 @@ def _keep_result(settings: SyncSettings, series: Series, report: dict[str, Any])
         "model": {"name": settings.model_name, "version": settings.model_version},
         "volumes_ml": report["class_volumes_ml"], "shape": report.get("shape"), "voxel_ml": report.get("voxel_ml"),
         "timings": report.get("timings", {}), "finished_at": utc_now()})
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -44,6 +44,7 @@ from torch import nn
 
 from tasks.common.atomic import write_json
 from tasks.common.plan import Plan
+from tasks.inference.segment import utc_now
 from tasks.pacs.outcomes import FailureMemory, SeriesOutcome, SyncSummary
 from tasks.pacs.steps import (
     Finished,
@@ -53,12 +54,10 @@ from tasks.pacs.steps import (
     prepare,
     segment,
     store,
-    unsupported_reason,
-    utc_now,
 )
 from tasks.pacs.transport import SeriesRef, Transport
 
-__all__ = ["SyncSettings", "sync_pacs", "unsupported_reason"]
+__all__ = ["SyncSettings", "sync_pacs"]
 log = logging.getLogger("unetflow.pacs")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -127,13 +126,15 @@ def _completed(finished: Finished) -> Future[Finished]:
 
 
 def _record(finished: Finished, memory: FailureMemory) -> SeriesOutcome:
-    """The outcome as reported, logged and remembered (``state.json`` saved at once)."""
+    """The outcome as reported, logged and remembered (``state.json`` saved at once when it changed)."""
     series = finished.series
+    changed = finished.remember
     if finished.remember:
         memory.remember(series.name, finished.reason, series.ref.instances, series.instances_sha256, finished.status)
     if finished.status == "done":
-        memory.forget(series.name)
-    memory.save()
+        changed = memory.forget(series.name)
+    if changed:
+        memory.save()
     outcome = SeriesOutcome(series.name, finished.status, finished.reason,
                             round(time.perf_counter() - series.started, 3), finished.volumes_ml)
     level = logging.WARNING if finished.status == "failed" else logging.INFO

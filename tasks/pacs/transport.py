@@ -111,7 +111,7 @@ class Transport(Protocol):
 
     def fetch_series(self, ref: SeriesRef, target_dir: Path) -> list[Path]: ...
 
-    def series_exists(self, study_uid: str, series_uid: str) -> bool: ...
+    def existing_series(self, study_uid: str, series_uids: Sequence[str]) -> set[str]: ...
 
     def store(self, datasets: Sequence[pydicom.Dataset]) -> None: ...
 
@@ -165,17 +165,6 @@ def with_retries(call: Callable[[], T], policy: RetryPolicy, what: str) -> T:
                         exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
-
-
-def write_instance(ds: pydicom.Dataset, target_dir: Path) -> Path:
-    """Write one instance as ``<SOPInstanceUID>.dcm`` atomically (temporary name, then rename)."""
-    uid = str(ds.SOPInstanceUID)
-    if not re.fullmatch(r"[0-9.]{1,64}", uid):
-        raise PacsError(f"received an instance whose SOPInstanceUID is not a UID: {uid[:64]!r}")
-    target = Path(target_dir) / f"{uid}.dcm"
-    with atomic_path(target) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
-    return target
 
 
 def write_instance_bytes(data: bytes, target_dir: Path) -> Path:

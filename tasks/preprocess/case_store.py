@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +106,19 @@ def read_properties(folder: Path) -> dict[str, Any]:
     return json.loads(marker.read_text(encoding="utf-8"))
 
 
-def open_case_dir(folder: Path, mmap: bool = True) -> dict[str, np.ndarray]:
+def open_case_dir(folder: Path, mmap: bool = True, keys: Collection[str] | None = None) -> dict[str, np.ndarray]:
     """The arrays of the case in ``folder``: read-only memory maps (nothing read yet) or, with
-    ``mmap=False``, in-memory copies."""
-    properties = read_properties(folder)
-    return {key: np.load(Path(folder) / f"{key}.npy", mmap_mode="r" if mmap else None)
-            for key in properties["arrays"]}
+    ``mmap=False``, in-memory copies. ``keys`` restricts them to those of its names the case stores (a name
+    it does not store is simply absent): a case also holds instance maps and targets, and a caller reading
+    a whole case into memory every epoch should not read arrays it never uses."""
+    stored = read_properties(folder)["arrays"]
+    wanted = stored if keys is None else [key for key in stored if key in keys]
+    return {key: np.load(Path(folder) / f"{key}.npy", mmap_mode="r" if mmap else None) for key in wanted}
 
 
-def open_case(preprocessed_dir: Path, case_id: str, mmap: bool = True) -> dict[str, np.ndarray]:
-    return open_case_dir(case_dir(preprocessed_dir, case_id), mmap)
+def open_case(preprocessed_dir: Path, case_id: str, mmap: bool = True,
+              keys: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    return open_case_dir(case_dir(preprocessed_dir, case_id), mmap, keys)
 
 
 def read_locations(folder: Path) -> dict[int, np.ndarray]:

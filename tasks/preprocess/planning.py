@@ -197,13 +197,18 @@ def channel_modalities(manifest: dict) -> list[str] | str:
     return list(manifest.get("channel_names") or []) or manifest.get("modality", "")
 
 
+def every_case_has_instances(manifest: dict) -> bool:
+    """Whether instance maps come with every case (a mix would train some cases on objects, others not)."""
+    return bool(manifest["cases"]) and all("instances" in case["files"] for case in manifest["cases"])
+
+
 def weight_map_objects(manifest: dict, weight_maps: bool) -> Literal["instances", "connected_components"] | None:
     """What the weight maps' border term separates, said in the plan so nobody has to guess: the given
     instance maps when every case has one, else each class's connected components (touching objects of
     one class are then one object; ``preprocess_case`` follows this, never a mix)."""
     if not weight_maps:
         return None
-    if manifest["cases"] and all("instances" in case["files"] for case in manifest["cases"]):
+    if every_case_has_instances(manifest):
         return "instances"
     return "connected_components"
 
@@ -211,7 +216,7 @@ def weight_map_objects(manifest: dict, weight_maps: bool) -> Literal["instances"
 def border_core(manifest: dict, choice: bool | str) -> bool:
     """Whether training uses the border-core target: ``auto`` when every case has an instance map (the rims
     come from them); ``true`` without them is refused, there would be no objects to draw rims around."""
-    every = bool(manifest["cases"]) and all("instances" in case["files"] for case in manifest["cases"])
+    every = every_case_has_instances(manifest)
     if choice is True and not every:
         raise ValueError("preprocess.border_core: true needs an instance map for every case (instancesTr/ or "
                          "data.instance_labels); use auto or false")

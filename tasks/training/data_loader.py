@@ -53,6 +53,8 @@ from tasks.training.valid_padding import valid_padding_steps
 INTERPOLATION = {"image": "bilinear", "label": "nearest", "weight": "bilinear"}
 # Largest extra context (per side, as a fraction of the patch) cropped around a patch for deformation.
 MAX_MARGIN_FRACTION = 0.25
+# What validation and overlays read of a case (``iter_cases``): image, true classes, instance map if stored.
+CASE_KEYS = ("image", "label", "instances")
 # Where the whole image's shape rides past the crop to the paper's elastic (which removes it again).
 ELASTIC_EXTENT_KEY = "elastic_extent"
 
@@ -73,12 +75,13 @@ def case_records(preprocessed_dir: Path, case_ids: list[str]) -> list[dict[str, 
 def iter_cases(items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Items with their arrays, opened one at a time: validation and overlays hold a single case, never
     the whole validation set. Read into memory (sliding windows read every voxel anyway, and torch wants
-    a writable array); items that already hold arrays pass through."""
+    a writable array); items that already hold arrays pass through. Only ``CASE_KEYS`` are read: what
+    ``validate`` and ``log_overlays`` use, not the training target or weight map."""
     for item in items:
         if "image" in item:
             yield item
         else:
-            yield {**open_case_dir(Path(item["case_dir"]), mmap=False), "case_id": item["case_id"]}
+            yield {**open_case_dir(Path(item["case_dir"]), mmap=False, keys=CASE_KEYS), "case_id": item["case_id"]}
 
 
 class LoadPreprocessedd(MapTransform):
@@ -95,7 +98,7 @@ class LoadPreprocessedd(MapTransform):
         d = dict(data)
         missing = [key for key in self.keys if key not in d]
         if missing and self.path_key in d:
-            arrays = open_case_dir(Path(d[self.path_key]), mmap=False)
+            arrays = open_case_dir(Path(d[self.path_key]), mmap=False, keys=missing)
             for key in missing:
                 d[key] = arrays[key]
         return d

@@ -16,7 +16,7 @@ from tasks.config import TrainConfig
 from tasks.evaluation.metrics import dice_per_class
 from tasks.evaluation.object_metrics import case_object_row, class_object_scores
 from tasks.inference.instances import instances_from_labels, measured_method
-from tasks.inference.sliding_window import WindowSettings, predict_windows
+from tasks.inference.native_grid import predict_native
 from tasks.training.valid_padding import crop_to_output
 
 
@@ -54,18 +54,15 @@ def validate(model: nn.Module, items: Iterable[dict], plan: Plan, device: torch.
     (:func:`~tasks.inference.instances.measured_method`): what the trainer keeps the best weights by."""
     scores: dict[int, list[float]] = {}
     objects: list[dict[str, float | int]] | None = []
-    settings = WindowSettings(roi_size=tuple(plan.patch_size), amp=False, stitch_device="cpu")
     spacing = None if plan.target_spacing is None else plan.target_spacing[:plan.spatial_dims]
-    for item in items:
-        prediction = predict_windows(model, item["image"], settings, device, False, plan.num_classes)
-        labels = prediction.probabilities.argmax(0).to(torch.uint8).numpy()
+    for item in items:  # already on the plan's spacing: predict_native resamples nothing (spacing None)
+        labels, border = predict_native(model, plan, item["image"], None, device=device)
         truth = np.asarray(item["label"])[0]
         for cls, score in dice_per_class(labels, truth, plan.num_classes).items():
             scores.setdefault(cls, []).append(score)
         if objects is None or item.get("instances") is None:
             objects = None  # a case without instances: object scores would describe only some cases
             continue
-        border = None if prediction.border is None else prediction.border[0].numpy()
         found = instances_from_labels(labels, measured_method(plan.border_core), spacing=spacing,
                                       border_probability=border)
         objects.append(case_object_row(class_object_scores(labels, truth, np.asarray(item["instances"])[0],

@@ -233,8 +233,8 @@ class Trainer:
             log.warning("--resume: train.epochs %d → %d: the schedule continues as one planned for %d epochs "
                         "(LR %.3g at epoch %d)", self.planned_epochs, self.config.epochs, self.config.epochs,
                         self.optimizer.param_groups[0]["lr"], self.start_epoch + 1)
-        self.best = BestWeights(state.get("best_score", state["best_dice"]), state["best_epoch"], state["best_model"],
-                                state["best_dice"])
+        # every checkpoint check_resumable lets through stores best_score: older ones lack train.keep_best_by
+        self.best = BestWeights(state["best_score"], state["best_epoch"], state["best_model"], state["best_dice"])
         # restored again once prepare_loop built the loader: MONAI's DataLoader re-seeds torch's RNG when built
         self.resumed_rng = (state["rng"], state.get("loader_rng"))
         log.info("resuming MLflow run %s at epoch %d of %d", self.run_id, self.start_epoch + 1, self.config.epochs)

@@ -65,14 +65,15 @@ def test_stitched_tiles_equal_the_whole_image_computed_at_once(shape, roi, overl
     image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     model = LocalMeanNet(len(shape) - 1)
     settings = WindowSettings(roi_size=roi, overlap=overlap, sw_batch_size=3, mirror=mirror, amp=False)
-    probabilities = predict_windows(model, image, settings).probabilities
+    probabilities = predict_windows(model, image, settings, num_classes=2).probabilities
     assert probabilities.shape == (2, *shape[1:])
     torch.testing.assert_close(probabilities, _direct(image, model.margin), rtol=0, atol=1e-5)
 
 
 def test_cgm_presence_of_a_valid_network_is_a_map_of_the_image_size():
     image = np.random.default_rng(1).normal(size=(1, 30, 19)).astype(np.float32)
-    prediction = predict_windows(LocalMeanNet(2, cgm=True), image, WindowSettings(roi_size=(26, 26), amp=False))
+    prediction = predict_windows(LocalMeanNet(2, cgm=True), image, WindowSettings(roi_size=(26, 26), amp=False),
+                                 num_classes=2)
     assert prediction.probabilities.shape == (2, 30, 19)
     assert prediction.presence is not None and prediction.presence.shape == (1, 30, 19)
     assert len(prediction.window_probabilities) == 4 * 3  # output tiles of 10, step 7: x 0 7 14 20, y 0 7 9
@@ -88,13 +89,15 @@ def test_a_valid_unet_gives_a_mask_of_the_inputs_shape(dims, features, shape):
     model = build_network("unet", dims, 1, 2, features=features, norm=None, padding="valid")
     tile = valid_unet_input_size(12, len(features))
     image = np.random.default_rng(2).normal(size=shape).astype(np.float32)
-    labels = predict_labels(model, image, (tile,) * dims, overlap=0.25, sw_batch_size=2)
+    labels = predict_labels(model, image, (tile,) * dims, overlap=0.25, sw_batch_size=2, num_classes=2)
     assert labels.shape == shape[1:]
-    probabilities = predict_windows(model, image, WindowSettings(roi_size=(tile,) * dims, amp=False)).probabilities
+    probabilities = predict_windows(model, image, WindowSettings(roi_size=(tile,) * dims, amp=False),
+                                    num_classes=2).probabilities
     torch.testing.assert_close(probabilities.sum(0), torch.ones(shape[1:]))
 
 
 def test_a_window_that_is_no_input_tile_is_refused_with_the_nearest_sizes():
     model = build_network("unet", 2, 1, 2, features=(4, 8, 16), norm=None, padding="valid")
     with pytest.raises(ValueError, match="not an input tile.*nearest valid input sizes"):
-        predict_labels(model, np.zeros((1, 40, 40), np.float32), (66, 66))  # 66 - 4 = 62: 31 after pooling
+        # 66 - 4 = 62: 31 after pooling
+        predict_labels(model, np.zeros((1, 40, 40), np.float32), (66, 66), num_classes=2)

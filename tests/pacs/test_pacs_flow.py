@@ -241,6 +241,14 @@ def test_a_password_in_params_yaml_is_refused_by_the_schema(project: Path, home:
     assert sorted(p.name for p in project.iterdir()) == ["params.yaml"]  # refused before any work
 
 
+@pytest.mark.parametrize("both", [("--url", "http://127.0.0.1:9/dicom-web", "--dimse", "127.0.0.1:9:PACS"),
+                                  ("--study-date", "20240101", "--recent-days", "2")])
+def test_two_exclusive_flags_are_refused_not_one_silently_dropped(project: Path, home: Path, both) -> None:
+    done = pacs_sync(project, home, *both)
+    assert done.returncode == 2 and "not both" in done.stderr, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
 def test_make_pacs_targets_run_on_loopback_ports() -> None:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")

@@ -21,13 +21,9 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_ui
 from tasks.inference.dicom_seg import encode_dicom_seg, read_source_headers
 from tasks.pacs.results import (
     ResultUids,
-    build_seg,
     build_volume_report,
-    class_volumes_ml,
-    describe_result,
-    grid_voxel_mm3,
-    result_pseudonym,
     result_uids,
+    seg_identity,
     source_evidence,
 )
 
@@ -37,6 +33,8 @@ SLICES, ROWS, COLUMNS = 5, 16, 16
 LABELS = {"background": 0, "liver": 1, "lesion": 2, "spleen": 3}
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 MODEL, VERSION = "liver-ct", "3"
+#: The class volumes of ``label_map()`` on this grid (7 liver and 2 lesion voxels of 0.5 mm³), in ml.
+VOLUMES = {"liver": 7 * 0.5 / 1000, "lesion": 2 * 0.5 / 1000, "spleen": 0.0}
 
 
 def write_ct(folder: Path, *, study: str | None = None, drop: tuple[str, ...] = ()) -> list[Path]:
@@ -96,10 +94,17 @@ def fields(uids: ResultUids) -> list[str]:
     return [uids.seg_series, uids.seg_instance, uids.sr_series, uids.sr_instance]
 
 
+def build_seg(labels_xyz: np.ndarray, series: list[Path], label_names: dict[str, int], num_classes: int,
+              version: str, uids: ResultUids) -> pydicom.Dataset:
+    """The SEG the sync stores: ``unetflow infer``'s encoder, named as :func:`seg_identity` names it."""
+    data = encode_dicom_seg(labels_xyz, series, label_names, num_classes, version, lambda path: path.name,
+                            seg_identity(MODEL, version, uids))
+    return pydicom.dcmread(io.BytesIO(data))
+
+
 def make_results(series: list[Path], uids: ResultUids, version: str = VERSION) -> tuple[pydicom.Dataset, ...]:
-    seg = build_seg(label_map(), series, LABELS, len(LABELS), MODEL, version, uids)
-    volumes = class_volumes_ml(label_map(), grid_voxel_mm3(read_source_headers(series)), LABELS)
-    return seg, build_volume_report(seg, read_source_headers(series), volumes, MODEL, version, uids)
+    seg = build_seg(label_map(), series, LABELS, len(LABELS), version, uids)
+    return seg, build_volume_report(seg, read_source_headers(series), VOLUMES, MODEL, version, uids)
 
 
 def reread(dataset: pydicom.Dataset, path: Path) -> pydicom.Dataset:
@@ -128,36 +133,12 @@ def test_result_uids_differ_across_model_versions_names_and_source_series():
     assert result_uids(source, "ab", "c") != result_uids(source, "a", "bc")
 
 
-def test_logs_name_the_series_by_pseudonym_only(series):
-    source = read_source_headers(series)[0]
-    token = describe_result("salt", source.StudyInstanceUID, source.SeriesInstanceUID, MODEL, VERSION)
-    assert token == describe_result("salt", source.StudyInstanceUID, source.SeriesInstanceUID, MODEL, VERSION)
-    assert token.startswith(result_pseudonym("salt", source.StudyInstanceUID, source.SeriesInstanceUID))
-    assert token.endswith(f" {MODEL} v{VERSION}")
-    for secret in (*PATIENT, "Roe", source.StudyInstanceUID, source.SeriesInstanceUID):
-        assert secret not in token
-    assert result_pseudonym("other", source.StudyInstanceUID, source.SeriesInstanceUID) not in token
-
-
-# --- volumes ----------------------------------------------------------------------------------------------------
-
-
-def test_class_volumes_are_counted_on_the_source_grid(series):
-    voxel = grid_voxel_mm3(read_source_headers(series))
-    assert voxel == pytest.approx(0.5 * 0.5 * 2.0)
-    volumes = class_volumes_ml(label_map(), voxel, LABELS)
-    assert volumes == pytest.approx({"liver": 7 * 0.5 / 1000, "lesion": 2 * 0.5 / 1000, "spleen": 0.0})
-    assert volumes["liver"] == pytest.approx(0.0035)
-    assert class_volumes_ml(label_map(), voxel, ["background", "liver", "lesion"]) == pytest.approx(
-        {"liver": 0.0035, "lesion": 0.001})
-
-
 # --- SEG --------------------------------------------------------------------------------------------------------
 
 
 def test_seg_lies_on_the_source_series_in_its_study(series, uids, tmp_path):
     sources = read_source_headers(series)
-    seg = reread(build_seg(label_map(), series, LABELS, len(LABELS), MODEL, VERSION, uids), tmp_path / "seg.dcm")
+    seg = reread(build_seg(label_map(), series, LABELS, len(LABELS), VERSION, uids), tmp_path / "seg.dcm")
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
     assert (seg.SeriesInstanceUID, seg.SOPInstanceUID) == (uids.seg_series, uids.seg_instance)
     for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "FrameOfReferenceUID"):
@@ -180,7 +161,7 @@ def test_seg_lies_on_the_source_series_in_its_study(series, uids, tmp_path):
 def test_seg_pixels_equal_the_label_map_slice_by_source_slice(series, uids, tmp_path):
     sources = read_source_headers(series)
     path = tmp_path / "seg.dcm"
-    pydicom.dcmwrite(path, build_seg(label_map(), series, LABELS, len(LABELS), MODEL, VERSION, uids))
+    pydicom.dcmwrite(path, build_seg(label_map(), series, LABELS, len(LABELS), VERSION, uids))
     seg = hd.seg.segread(path)
     pixels = seg.get_pixels_by_source_instance([s.SOPInstanceUID for s in sources], combine_segments=True,
                                                assert_missing_frames_are_empty=True)
@@ -245,7 +226,7 @@ def test_results_need_only_the_patient_identity_an_anonymised_source_keeps(tmp_p
     series = write_ct(tmp_path / "bare", drop=dropped)
     sources = read_source_headers(series)
     uids = result_uids(sources[0].SeriesInstanceUID, MODEL, VERSION)
-    seg = build_seg(label_map(), series, LABELS, len(LABELS), MODEL, VERSION, uids)
+    seg = build_seg(label_map(), series, LABELS, len(LABELS), VERSION, uids)
     report = build_volume_report(seg, sources, {"liver": 0.0035}, MODEL, VERSION, uids)
     seg, sr = reread(seg, tmp_path / "seg.dcm"), reread(report, tmp_path / "sr.dcm")
     for result in (seg, sr):
@@ -272,7 +253,6 @@ def test_a_new_model_version_makes_new_results_and_leaves_the_old_ones(series, u
     old_seg, old_sr = make_results(series, uids)
     new_uids = result_uids(source_series, MODEL, "4")
     new_seg, new_sr = make_results(series, new_uids, version="4")
-    assert result_uids(source_series, MODEL, VERSION) == uids  # the old results can still be found
     assert {new_seg.SOPInstanceUID, new_seg.SeriesInstanceUID}.isdisjoint(
         {old_seg.SOPInstanceUID, old_seg.SeriesInstanceUID})
     assert {new_sr.SOPInstanceUID, new_sr.SeriesInstanceUID}.isdisjoint(
@@ -286,7 +266,7 @@ def test_a_new_model_version_makes_new_results_and_leaves_the_old_ones(series, u
 def test_a_class_name_longer_than_a_segment_label_still_finds_its_segment(series, uids):
     long_name = "hepatic segment " + "viii " * 12  # 76 characters; a SegmentLabel holds 64
     labels = {"background": 0, long_name: 1}
-    seg = build_seg(np.minimum(label_map(), 1), series, labels, 2, MODEL, VERSION, uids)
+    seg = build_seg(np.minimum(label_map(), 1), series, labels, 2, VERSION, uids)
     report = build_volume_report(seg, read_source_headers(series), {long_name: 0.0045}, MODEL, VERSION, uids)
     (group,) = hd.sr.MeasurementReport.from_sequence(report.content).get_volumetric_roi_measurement_groups()
     assert group.referenced_segment.referenced_segment_numbers == [1]
@@ -303,8 +283,7 @@ def test_evidence_from_the_seg_equals_evidence_from_every_source_header(series, 
     """The sync reads one source header and takes the rest from the SEG's references: the same SR."""
     sources = read_source_headers(series)
     seg, full = make_results(series, uids)
-    volumes = class_volumes_ml(label_map(), grid_voxel_mm3(sources), LABELS)
-    light = build_volume_report(seg, source_evidence(sources[0], seg), volumes, MODEL, VERSION, uids)
+    light = build_volume_report(seg, source_evidence(sources[0], seg), VOLUMES, MODEL, VERSION, uids)
     full, light = reread(full, tmp_path / "full.dcm"), reread(light, tmp_path / "light.dcm")
     assert len(evidence_of(light)) == len(sources) + 1 and evidence_of(light) == evidence_of(full)
     for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "AccessionNumber",

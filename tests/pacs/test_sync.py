@@ -25,8 +25,8 @@ from tasks.pacs.dimse import DimseTransport, parse_dimse
 from tasks.pacs.orthanc import OrthancServer
 from tasks.pacs.outcomes import SyncSummary
 from tasks.pacs.results import result_pseudonym, result_uids
-from tasks.pacs.steps import LOCALIZER_REASON
-from tasks.pacs.sync import SyncSettings, sync_pacs, unsupported_reason
+from tasks.pacs.steps import LOCALIZER_REASON, unsupported_reason
+from tasks.pacs.sync import SyncSettings, sync_pacs
 from tasks.pacs.transport import RetryPolicy, SeriesFilter, SeriesRef
 from tests.infer.helpers import ThresholdNet, plan_for, settings
 from tests.pacs.conftest import PATIENT, SeriesSpec, make_series

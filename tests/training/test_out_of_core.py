@@ -171,6 +171,31 @@ def test_validation_case_by_case_scores_as_the_whole_set_in_memory(tmp_path: Pat
     assert by_case == in_memory and "val_dice_2" in by_case
 
 
+def test_readers_load_only_the_arrays_they_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Training and validation read whole cases into memory: a case's other arrays stay on disk."""
+    from tasks.training import data_loader
+
+    read: list[set[str]] = []
+
+    def spy(*args, **kwargs):
+        opened = case_store.open_case_dir(*args, **kwargs)
+        read.append(set(opened))
+        return opened
+
+    monkeypatch.setattr(data_loader, "open_case_dir", spy)
+
+    arrays = {**coded_case((12, 10)), "instances": np.zeros((1, 12, 10), np.int32),
+              "target": np.zeros((1, 12, 10), np.uint8)}
+    write_case(tmp_path, "c0", arrays)
+    assert set(open_case(tmp_path, "c0", keys=["label", "absent"])) == {"label"}  # not stored: simply absent
+    assert set(open_case(tmp_path, "c0", mmap=False)) == set(arrays)
+    record = case_records(tmp_path, ["c0"])[0]
+    assert set(next(iter_cases([record]))) == {"image", "label", "instances", "case_id"}
+    loaded = data_loader.LoadPreprocessedd(["image", "target"])({**record, "image": arrays["image"]})
+    assert set(loaded) == {"case_id", "case_dir", "image", "target"}
+    assert read == [{"image", "label", "instances"}, {"target"}]  # no weight, no target for validation
+
+
 def test_paper_elastic_follows_the_plans_target_spacing() -> None:
     """Cases are on the target spacing: the paper's elastic bends a thick-slice axis by fewer of its voxels."""
     from tasks.config import AugmentConfig
